@@ -1,0 +1,1 @@
+"""The YAML presets shipped with medft (read with importlib.resources)."""

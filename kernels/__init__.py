@@ -1,0 +1,1 @@
+"""Fused GPU kernels, each beside the plain PyTorch reference that defines it."""

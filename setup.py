@@ -1,0 +1,19 @@
+"""medft: which fine-tuning strategy should I use for my medical imaging modality and backbone?"""
+from setuptools import find_packages, setup
+
+setup(
+    name="medft",
+    version="0.1.0",
+    description="Compare fine-tuning strategies of pretrained CNNs on medical image classification",
+    python_requires=">=3.10",
+    packages=find_packages(include=["engine*", "kernels*", "strategies*", "configs*"]),
+    package_data={"configs": ["*.yaml"]},
+    install_requires=["torch", "torchvision", "numpy", "pillow", "pyyaml"],
+    extras_require={
+        "dali": ["nvidia-dali-cuda130"],
+        "deepspeed": ["deepspeed"],
+        "wandb": ["wandb"],
+        "dev": ["pytest", "pytest-timeout"],
+    },
+    entry_points={"console_scripts": ["medft = engine.cli:main"]},
+)

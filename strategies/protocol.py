@@ -1,0 +1,132 @@
+"""What the training loop asks a strategy, and the data a strategy answers with.
+
+The loop (engine/trainer.py) asks four things: which parameters train now, at what learning
+rate, what extra gradient term applies, and whether the phase changed. A strategy answers with
+an `EpochPlan` and never calls the model, the optimizer or the tracker.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """What a strategy may know about the model, fixed at creation.
+
+    Attributes:
+        blocks: block name -> parameter names, input to output; the last block is `head_block`.
+        modules: module name -> its direct parameter names (Auto-RGN's module granularity).
+        norm_params: parameters of normalisation layers (BatchNorm etc.), found by module type.
+        bias_params: parameters named `bias`.
+        head_block: the name of the classifier block.
+    """
+
+    blocks: Mapping[str, tuple[str, ...]]
+    modules: Mapping[str, tuple[str, ...]]
+    norm_params: frozenset[str]
+    bias_params: frozenset[str]
+    head_block: str = "head"
+
+    @property
+    def backbone_blocks(self) -> list[str]:
+        return [b for b in self.blocks if b != self.head_block]
+
+    @property
+    def param_names(self) -> list[str]:
+        return [p for names in self.blocks.values() for p in names]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where the run stands when the loop asks for a plan (epochs count from 0)."""
+
+    epoch: int
+    total_epochs: int
+    best_metric: float | None = None
+    epochs_since_best: int = 0
+    stopped_early: bool = False  # the loop's patience ran out at the end of the last epoch
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """A strategy's answer for one epoch.
+
+    Attributes:
+        phase: a label; a change of phase resets early stopping and rebuilds the optimizer.
+        trainable: block names or parameter names that train this epoch.
+        lr_scales: group name (block or parameter name) -> learning-rate multiplier; missing = 1.0.
+            Each key becomes one optimizer param group named after it.
+        lr_factor: multiplies every group's learning rate (LP-FT's phase 2).
+        weight_decay: overrides optim.weight_decay when not None (SP: 0, Auto-RGN: 1e-4).
+        backbone_eval: frozen blocks run in eval mode, so their BatchNorm statistics stay fixed.
+        fresh_optimizer: build a new optimizer this epoch even when nothing else changed.
+        calibration_batches: batches of forward/backward without a step before the epoch; their
+            per-tensor gradient/weight norms go to `update_scales` (Auto-RGN).
+        norms_every_k_steps: pass live gradient norms to `update_scales` every k steps (0 = never).
+        use_feature_cache: nothing before the head trains, so the loop may train the head on
+            cached backbone features (it checks that augmentation is off).
+    """
+
+    phase: str
+    trainable: frozenset[str]
+    lr_scales: Mapping[str, float] = field(default_factory=dict)
+    lr_factor: float = 1.0
+    weight_decay: float | None = None
+    backbone_eval: bool = False
+    fresh_optimizer: bool = False
+    calibration_batches: int = 0
+    norms_every_k_steps: int = 0
+    use_feature_cache: bool = False
+
+
+@dataclass(frozen=True)
+class TensorNorms:
+    """Per-tensor L2 norms, on the device, in the order of `names`."""
+
+    names: tuple[str, ...]
+    grad_norms: Tensor  # (n,) float32
+    weight_norms: Tensor  # (n,) float32
+    ratios: Tensor  # (n,) float32: grad_norm / (weight_norm + eps), averaged over batches
+
+
+class Strategy(Protocol):
+    name: str
+
+    def plan(self, progress: Progress) -> EpochPlan: ...
+
+    def extra_grad_(self, names: list[str], params: list[Tensor], grads: list[Tensor]) -> None:
+        """Adds the strategy's gradient term in place (may do nothing)."""
+
+    def update_scales(self, norms: TensorNorms) -> Mapping[str, float] | None:
+        """New lr_scales from measured norms (None: keep the plan's)."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class ConstantPlan:
+    """A strategy whose plan never changes, with no gradient term and no state (FT, LP)."""
+
+    name: str
+    fixed_plan: EpochPlan
+
+    def plan(self, progress: Progress) -> EpochPlan:
+        return self.fixed_plan
+
+    def extra_grad_(self, names: list[str], params: list[Tensor], grads: list[Tensor]) -> None:
+        pass
+
+    def update_scales(self, norms: TensorNorms) -> Mapping[str, float] | None:
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

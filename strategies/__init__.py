@@ -45,7 +45,7 @@ def create_strategy(cfg, layout: ModelLayout, initial_params: Mapping[str, Tenso
     Args:
         cfg: the strategy's config dataclass.
         layout: blocks and parameter kinds of the model.
-        initial_params: parameter name -> pretrained value, read once (SP anchors).
+        initial_params: parameter name -> pretrained value (the live tensors: clone what you keep).
 
     Raises:
         ValueError: for a config the strategy cannot run (named field), before training starts.

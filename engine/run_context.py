@@ -1,0 +1,163 @@
+"""The state of one cell's run: model, strategy, optimizer, precision, and applying a plan.
+
+Applying a plan is where the loop carries out what the strategy answered: it sets
+`requires_grad`, rebuilds the optimizer with one param group per lr_scales key, and recompiles
+after a change of the trainable set (torch.compile does not notice a `requires_grad` change on a
+module it already compiled: pytorch#139476, measured in ../shared/spec/performance.md).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.config import CellConfig
+from engine.models import block_modules, create_backbone, model_blocks, model_layout
+from engine.optim import build_optimizer, epoch_lr, param_groups, set_group_lrs, trainable_param_names
+from strategies import create_strategy
+from strategies.protocol import EpochPlan, ModelLayout, Strategy
+
+log = logging.getLogger(__name__)
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device={name}: CUDA is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS needs this workspace setting to be deterministic; warn_only keeps ops without a
+        # deterministic kernel usable (they are logged).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+
+
+@dataclass
+class RunContext:
+    cfg: CellConfig
+    device: torch.device
+    classes: list[str]
+    model: nn.Module
+    layout: ModelLayout
+    block_modules: dict[str, list[str]]
+    strategy: Strategy
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    scaler: torch.amp.GradScaler
+    forward: nn.Module = None
+    optimizer: torch.optim.Optimizer = None
+    plan: EpochPlan | None = None
+    trainable_names: list[str] = field(default_factory=list)
+    trainable_params: list[nn.Parameter] = field(default_factory=list)
+    counters: dict = field(default_factory=lambda: {"train_s": 0.0, "train_images": 0, "skipped_images": 0})
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmt = torch.channels_last if self.channels_last and images.dim() == 4 else torch.contiguous_format
+        images = images.to(self.device, non_blocking=True, memory_format=fmt)
+        return images, labels.to(self.device, non_blocking=True)
+
+    def apply_plan(self, plan: EpochPlan, epoch: int, calibration_loader=None) -> EpochPlan:
+        """Carries out `plan` for `epoch` and returns it as applied (with calibrated lr_scales).
+
+        With `calibration_loader` and `plan.calibration_batches`, the strategy first gets the
+        per-tensor norms of that many batches (engine/epochs.py) and may answer new lr_scales.
+        """
+        previous = self.plan
+        names = trainable_param_names(plan, self.layout)
+        params = dict(self.model.named_parameters())
+        chosen = set(names)
+        for name, p in params.items():
+            p.requires_grad_(name in chosen)
+        self.trainable_names, self.trainable_params = names, [params[n] for n in names]
+        structural = previous is None or (plan.trainable, plan.backbone_eval) != (previous.trainable,
+                                                                                previous.backbone_eval)
+        if structural:
+            self.forward = self._compiled()
+        if calibration_loader is not None and plan.calibration_batches:
+            from engine.epochs import calibration_norms
+            scales = self.strategy.update_scales(calibration_norms(self, calibration_loader, plan, epoch))
+            if scales is not None:
+                plan = replace(plan, lr_scales=dict(scales))
+        if structural or plan.fresh_optimizer or plan.phase != previous.phase or \
+                set(plan.lr_scales) != set(previous.lr_scales) or plan.weight_decay != previous.weight_decay:
+            self.optimizer = build_optimizer(self.cfg.optim, param_groups(plan, self.layout, params),
+                                             plan.weight_decay, self.device)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr_scale"] = float(plan.lr_scales.get(group["name"], 1.0))
+        set_group_lrs(self.optimizer, epoch_lr(self.cfg.optim, epoch, self.cfg.trainer.epochs), plan.lr_factor)
+        self.plan = plan
+        return plan
+
+    def _compiled(self) -> nn.Module:
+        if not self.cfg.trainer.compile:
+            return self.model
+        torch._dynamo.reset()  # drop graphs guarded on the old requires_grad pattern (pytorch#139476)
+        return torch.compile(self.model)
+
+    def set_train_modes(self, plan: EpochPlan) -> None:
+        """Training mode, except frozen blocks when the plan freezes their BatchNorm statistics."""
+        self.model.train()
+        if plan.backbone_eval:
+            trainable = set(self.trainable_names)
+            for block, names in self.layout.blocks.items():
+                if trainable.isdisjoint(names):
+                    for module in self.block_modules.get(block, []):
+                        self.model.get_submodule(module).eval()
+
+    def strategy_log(self, plan: EpochPlan) -> dict:
+        """What the strategy did this epoch: phase, trainable count, effective lr per block."""
+        group_lr = {id(p): g["lr"] for g in self.optimizer.param_groups for p in g["params"]}
+        params = dict(self.model.named_parameters())
+        row = {"strategy/phase": plan.phase,
+               "strategy/trainable_params": sum(p.numel() for p in self.trainable_params)}
+        for block, names in self.layout.blocks.items():
+            lrs = [group_lr.get(id(params[n]), 0.0) for n in names]
+            row[f"strategy/lr/{block}"] = float(np.mean(lrs)) if lrs else 0.0
+        return row
+
+    def totals(self) -> dict:
+        return {"train_s": self.counters["train_s"], "train_images": self.counters["train_images"],
+                "skipped_images": self.counters["skipped_images"], "device": str(self.device)}
+
+
+def build_context(cfg: CellConfig, index) -> RunContext:
+    """Builds model, strategy and precision settings for one cell (the optimizer comes with a plan)."""
+    device = resolve_device(cfg.trainer.device)
+    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark and not cfg.trainer.deterministic
+    amp = cfg.trainer.amp if cfg.trainer.amp != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    channels_last = cfg.trainer.channels_last if cfg.trainer.channels_last is not None else device.type == "cuda"
+    model = create_backbone(cfg.model.backbone, len(index.classes), cfg.model.weights)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    blocks = model_blocks(model, cfg.model.backbone, cfg.model.head_scope)
+    layout = model_layout(model, blocks)
+    # Not copied: a strategy that keeps the pretrained values (SP's anchors) clones what it needs.
+    strategy = create_strategy(cfg.strategy, layout, {n: p.detach() for n, p in model.named_parameters()})
+    return RunContext(cfg=cfg, device=device, classes=list(index.classes), model=model, layout=layout,
+                      block_modules=block_modules(model, cfg.model.backbone, cfg.model.head_scope),
+                      strategy=strategy, amp_dtype=_AMP_DTYPES[amp], channels_last=channels_last,
+                      scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"))

@@ -1,0 +1,167 @@
+"""The one training loop: `train_cell` trains one dataset x backbone x strategy x seed cell.
+
+It asks the strategy, at every epoch start, which parameters train, at what learning rate, with
+what extra gradient term and in which phase (strategies/protocol.py), and owns all machinery:
+AMP, channels-last, compile, evaluation, early stopping, checkpoints, resume and logging.
+Step order, fixed: forward -> loss -> backward -> unscale -> extra_grad_ -> norms if due -> clip
+-> step; the cosine schedule is per epoch.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from engine import checkpoint
+from engine.config import CellConfig, to_yaml
+from engine.data.loaders import build_loaders
+from engine.data.sources import load_index
+from engine.run_context import RunContext, build_context
+from engine.epochs import evaluate, run_train_epoch
+from engine.tracking import NullTracker, Tracker
+from strategies.protocol import EpochPlan, Progress
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE, CONFIG_FILE, METRICS_FILE = "result.json", "config.yaml", "metrics.jsonl"
+LAST_CKPT, BEST_CKPT = "last.pt", "best.pt"
+
+
+@dataclass
+class EarlyStopping:
+    """Best-so-far bookkeeping; patience counts within a phase (a new phase starts it afresh)."""
+
+    patience: int
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    phase_best: float = -math.inf
+    epochs_since_best: int = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Records one validation value; True when it is the best of the whole run."""
+        if value > self.phase_best:
+            self.phase_best, self.epochs_since_best = value, 0
+        else:
+            self.epochs_since_best += 1
+        if value > self.best_metric:
+            self.best_metric, self.best_epoch = value, epoch
+            return True
+        return False
+
+    def new_phase(self) -> None:
+        self.phase_best, self.epochs_since_best = -math.inf, 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.epochs_since_best >= self.patience
+
+
+def cell_dir(cfg: CellConfig) -> Path:
+    return Path(cfg.trainer.out_dir) / cfg.cell_id
+
+
+def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None) -> dict:
+    """Trains one cell to completion (or resumes it) and returns its result.
+
+    Writes into trainer.out_dir/<cell id>: config.yaml, metrics.jsonl (one line per epoch),
+    last.pt (resume state), best.pt (best-validation weights) and result.json (atomically, last).
+    A directory that already holds result.json is a finished cell: its result is returned.
+
+    Args:
+        tracker: receives every epoch's metrics and the final summary (default: none).
+        index: an already loaded DatasetIndex (grid workers reuse it across cells).
+    """
+    out = cell_dir(cfg)
+    if (out / RESULT_FILE).is_file():
+        return json.loads((out / RESULT_FILE).read_text())
+    tracker = tracker or NullTracker()
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_text_atomic(to_yaml(cfg), out / CONFIG_FILE)
+    index = index or load_index(cfg.data)
+    ctx = build_context(cfg, index)
+    loaders = build_loaders(index, cfg.data, cfg.trainer.seed, ctx.device)
+    stopper = EarlyStopping(cfg.trainer.patience)
+    start_epoch, plan = _resume(ctx, stopper, out)
+    stopped_early = False
+    for epoch in range(start_epoch, cfg.trainer.epochs):
+        progress = Progress(epoch, cfg.trainer.epochs, stopper.best_metric, stopper.epochs_since_best,
+                            stopper.exhausted)
+        new_plan = ctx.strategy.plan(progress)
+        if stopper.exhausted and plan is not None and new_plan.phase == plan.phase:
+            stopped_early = True
+            break
+        if plan is not None and new_plan.phase != plan.phase:
+            stopper.new_phase()
+        plan = ctx.apply_plan(new_plan, epoch, calibration_loader=loaders.train)
+        row = _run_epoch(ctx, loaders, plan, epoch, stopper, out)
+        tracker.log(row, step=epoch)
+    result = _finish(ctx, loaders, stopper, out, stopped_early)
+    tracker.summary(result)
+    return result
+
+
+def _run_epoch(ctx: RunContext, loaders, plan: EpochPlan, epoch: int, stopper: EarlyStopping, out: Path) -> dict:
+    train_stats = run_train_epoch(ctx, loaders.train, plan, epoch)
+    val = evaluate(ctx, loaders.val)
+    monitored = val[ctx.cfg.trainer.monitor]
+    if not math.isfinite(train_stats["train/loss"]):
+        raise FloatingPointError(f"non-finite training loss at epoch {epoch}")
+    if stopper.update(monitored, epoch):
+        checkpoint.save_torch_atomic(ctx.model.state_dict(), out / BEST_CKPT)
+    row = {"epoch": epoch, **train_stats, **{f"val/{k}": v for k, v in val.items() if k != "confusion_matrix"},
+           **ctx.strategy_log(plan)}
+    # The resume state is saved before the metrics line: a restart redoes at most this epoch.
+    checkpoint.save_torch_atomic({
+        "epoch": epoch + 1, "model": ctx.model.state_dict(), "optimizer": ctx.optimizer.state_dict(),
+        "scaler": ctx.scaler.state_dict(), "strategy": ctx.strategy.state_dict(), "plan": asdict(plan),
+        "stopper": asdict(stopper), "rng": checkpoint.rng_state()}, out / LAST_CKPT)
+    with (out / METRICS_FILE).open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    log.info("epoch %d %s loss %.4f val %s %.4f (%.0f img/s)", epoch, plan.phase, row["train/loss"],
+             ctx.cfg.trainer.monitor, monitored, row["perf/img_per_s"])
+    return row
+
+
+def _resume(ctx: RunContext, stopper: EarlyStopping, out: Path) -> tuple[int, EpochPlan | None]:
+    """Restores the last completed epoch, if any: (next epoch, the plan it ran under)."""
+    state = checkpoint.load_resume_state(out / LAST_CKPT)
+    if state is None:
+        (out / METRICS_FILE).unlink(missing_ok=True)
+        return 0, None
+    epoch = state["epoch"]
+    ctx.model.load_state_dict(state["model"])
+    ctx.strategy.load_state_dict(state["strategy"])
+    plan_fields = state["plan"]
+    plan = EpochPlan(**{**plan_fields, "trainable": frozenset(plan_fields["trainable"])})
+    ctx.apply_plan(plan, epoch - 1)  # as it ran: the saved plan already holds calibrated scales
+    ctx.optimizer.load_state_dict(state["optimizer"])
+    ctx.scaler.load_state_dict(state["scaler"])
+    for key, value in state["stopper"].items():
+        setattr(stopper, key, value)
+    checkpoint.set_rng_state(state["rng"])
+    _truncate_metrics(out / METRICS_FILE, epoch)
+    log.info("resuming %s at epoch %d", out.name, epoch)
+    return epoch, plan
+
+
+def _truncate_metrics(path: Path, next_epoch: int) -> None:
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if json.loads(r)["epoch"] < next_epoch]
+        checkpoint.write_text_atomic("".join(r + "\n" for r in kept), path)
+
+
+def _finish(ctx: RunContext, loaders, stopper: EarlyStopping, out: Path, stopped_early: bool) -> dict:
+    if (out / BEST_CKPT).is_file():
+        ctx.model.load_state_dict(torch.load(out / BEST_CKPT, map_location=ctx.device, weights_only=True))
+    test = evaluate(ctx, loaders.test)
+    result = {"cell_id": ctx.cfg.cell_id, "status": "done", "classes": ctx.classes,
+              "best_epoch": stopper.best_epoch, f"best_val_{ctx.cfg.trainer.monitor}": stopper.best_metric,
+              "stopped_early": stopped_early, "test": test, **ctx.totals()}
+    checkpoint.write_json_atomic(result, out / RESULT_FILE)
+    return result

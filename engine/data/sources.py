@@ -1,0 +1,403 @@
+"""Dataset indexes: which samples, which classes, which split, from three on-disk formats.
+
+`load_index(cfg)` reads `cfg.path` (a `DataConfig`) as one of:
+- **imagefolder**: `root/<class>/...` or `root/{train,val,test}/<class>/...` ('valid' and
+  'validation' also name val). Class folders are searched recursively.
+- **csv**: a manifest with a header `path,label[,split]` (extra columns are ignored), paths
+  relative to the manifest's folder, labels class names or non-negative integers.
+- **npz**: MedMNIST style, `{train,val,test}_images` (N,H,W) or (N,H,W,C) uint8 and
+  `{train,val,test}_labels` (N,) or (N,1).
+
+Rules shared by all formats:
+- Classes are sorted (integer labels numerically) and a label is the class's position.
+  Classification needs at least two classes. npz classes are "0".."K-1".
+- Files are recognised by content (`images.sniff_image_format`). Hidden entries (leading '.'),
+  zero-byte files, non-images, files outside class folders and manifest rows naming missing
+  files are skipped and counted in `DatasetIndex.skipped` / `skipped_files`, never fatal.
+  Decoding is not attempted here: truncated images are found by `check.py` or at load time.
+- An image folder class with no usable image is an error (ValueError naming the folder): an
+  empty class would silently change the label set.
+- Missing splits are carved out of train, stratified by class, with `cfg.split_seed`:
+  no split at all -> train/val/test by `cfg.split_fractions`; train+val -> test carved from
+  train (val stays the data's, so early stopping sees the authors' validation set, and test
+  never reuses val); train+test -> val carved likewise. The carved fractions are the
+  configured ones renormalised over the parts cut from train. `split_origin` is 'data' only
+  when all three splits come from the data, else 'stratified'.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from engine.config import DataConfig
+from engine.data.images import sniff_image_format
+
+SPLITS = ("train", "val", "test")
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+_INT_LABEL = re.compile(r"^[+-]?\d+$")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One example: a file path, or an index into `DatasetIndex.arrays[split]` (npz)."""
+
+    source: str | int
+    label: int
+
+
+@dataclass
+class DatasetIndex:
+    """Everything a loader or the data check needs to know about a dataset.
+
+    Attributes:
+        root: the dataset path as configured (folder, manifest or .npz file).
+        classes: class names; a sample's label indexes this list.
+        splits: 'train', 'val' and 'test' -> samples, in a deterministic order.
+        skipped: reason -> number of entries skipped while indexing.
+        skipped_files: (path, reason) for every skipped entry.
+        arrays: npz only, split -> uint8 images (N,H,W) or (N,H,W,C); else None.
+        split_origin: 'data' when all three splits come from the data, 'stratified' otherwise.
+    """
+
+    root: Path
+    classes: list[str]
+    splits: dict[str, list[Sample]]
+    skipped: Counter = field(default_factory=Counter)
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    arrays: dict[str, np.ndarray] | None = None
+    split_origin: Literal["data", "stratified"] = "data"
+
+    def skip(self, path: str | Path, reason: str) -> None:
+        """Records one skipped entry."""
+        self.skipped[reason] += 1
+        self.skipped_files.append((str(path), reason))
+
+
+def load_index(cfg: DataConfig) -> DatasetIndex:
+    """Indexes the dataset at `cfg.path` (see the module docstring for the rules).
+
+    Args:
+        cfg: uses `path`, `format`, `split_fractions` and `split_seed`.
+
+    Returns:
+        The index, with splits 'train', 'val' and 'test'.
+
+    Raises:
+        FileNotFoundError: when `cfg.path` does not exist.
+        ValueError: naming the file or field, for an unrecognised format, a malformed manifest
+            or archive, an empty class folder, fewer than two classes or bad split fractions.
+    """
+    index = load_index_as_found(cfg)
+    given = index.splits
+    index.splits, index.split_origin = complete_splits(given, cfg.split_fractions, cfg.split_seed)
+    if index.arrays is not None:
+        _regroup_arrays_(index, given)
+    return index
+
+
+def load_index_as_found(cfg: DataConfig) -> DatasetIndex:
+    """As `load_index`, but `splits` holds only the splits the data itself has.
+
+    An unsplit dataset comes back as 'train' alone; `split_origin` still says whether
+    `load_index` will carve splits ('stratified') or not ('data'). For the data check.
+    """
+    path = Path(cfg.path).expanduser()
+    _check_split_config(cfg)
+    fmt = detect_format(path, cfg.format)
+    index = DatasetIndex(root=path, classes=[], splits={})
+    scan = {"imagefolder": _scan_image_folder, "csv": _scan_manifest, "npz": _scan_npz}[fmt]
+    index.splits = scan(path, index)
+    index.split_origin = "data" if set(index.splits) == set(SPLITS) else "stratified"
+    return index
+
+
+def detect_format(path: Path, requested: str = "auto") -> str:
+    """The dataset format: `requested`, or for 'auto' a folder, a .csv or a .npz file.
+
+    Raises:
+        FileNotFoundError: when `path` does not exist.
+        ValueError: when the format cannot be told or contradicts the path.
+    """
+    if not str(path) or not path.exists():
+        raise FileNotFoundError(f"data.path: dataset not found: '{path}'")
+    if path.is_dir():
+        detected = "imagefolder"
+    else:
+        detected = {".csv": "csv", ".npz": "npz"}.get(path.suffix.lower())
+    if requested == "auto":
+        if detected is None:
+            raise ValueError(f"data.path: cannot tell the format of {path}: expected a folder, "
+                             "a .csv manifest or a .npz archive (or set data.format)")
+        return detected
+    if (requested == "imagefolder") != path.is_dir():
+        kind = "a folder" if path.is_dir() else "a file"
+        raise ValueError(f"data.format is '{requested}' but {path} is {kind}")
+    return requested
+
+
+def _check_split_config(cfg: DataConfig) -> None:
+    fractions = cfg.split_fractions
+    if len(fractions) != 3 or min(fractions) < 0 or fractions[0] <= 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"data.split_fractions must be three non-negative fractions "
+                         f"(train > 0) summing to 1, got {fractions}")
+    if cfg.split_seed < 0:
+        raise ValueError(f"data.split_seed must be >= 0, got {cfg.split_seed}")
+
+
+def _require_two_classes(classes: list[str], path: Path) -> None:
+    if len(classes) < 2:
+        raise ValueError(f"{path}: classification needs at least 2 classes, found "
+                         f"{len(classes)} ({', '.join(map(repr, classes)) or 'none'})")
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why a file cannot be a sample (a cheap check: no decoding), or None."""
+    if not path.is_file():
+        return "missing file"
+    if path.stat().st_size == 0:
+        return "zero-byte file"
+    if sniff_image_format(path) is None:
+        return "not an image"
+    return None
+
+
+def _list_dir(folder: Path, index: DatasetIndex) -> tuple[list[Path], list[Path]]:
+    """(sub-folders, files) of `folder`, sorted by name; hidden entries are skipped."""
+    folders, files = [], []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith("."):
+            index.skip(entry, "hidden")
+        else:
+            (folders if entry.is_dir() else files).append(entry)
+    return folders, files
+
+
+def _scan_image_folder(root: Path, index: DatasetIndex) -> dict[str, list[Sample]]:
+    """Image-folder samples per split present in the data ('train' alone when unsplit)."""
+    folders = _sub_folders(root, index)
+    split_dirs = _split_folders(root, folders)
+    if split_dirs is None:
+        found = {"train": _scan_classes(folders, index)}
+    else:
+        found = {split: _scan_classes(_sub_folders(d, index), index) for split, d in split_dirs.items()}
+    index.classes = sorted(set().union(*found.values()))
+    _require_two_classes(index.classes, root)
+    label = {name: i for i, name in enumerate(index.classes)}
+    return {split: [Sample(str(p), label[c]) for c, paths in per_class.items() for p in paths]
+            for split, per_class in found.items()}
+
+
+def _sub_folders(folder: Path, index: DatasetIndex) -> list[Path]:
+    """Sub-folders of a dataset or split folder; files there are skipped and counted."""
+    folders, files = _list_dir(folder, index)
+    for stray in files:
+        index.skip(stray, "outside class folders")
+    return folders
+
+
+def _split_folders(root: Path, folders: list[Path]) -> dict[str, Path] | None:
+    """Split name -> folder for a split layout, or None when `folders` are class folders."""
+    split_of = {d: SPLIT_NAMES.get(d.name.lower()) for d in folders}
+    if not any(split_of.values()):
+        return None
+    names = [s for s in split_of.values() if s]
+    if None in split_of.values() or len(set(names)) != len(names) or "train" not in names:
+        raise ValueError(f"{root}: a split layout needs a 'train' folder, at most one folder per "
+                         f"split and nothing else beside them; found {[d.name for d in folders]}")
+    return {split: d for d, split in split_of.items()}
+
+
+def _scan_classes(class_dirs: list[Path], index: DatasetIndex) -> dict[str, list[Path]]:
+    """Class name -> image files under each class folder (recursive, sorted)."""
+    found = {}
+    for class_dir in class_dirs:
+        images, pending = [], [class_dir]
+        while pending:
+            sub_dirs, files = _list_dir(pending.pop(0), index)
+            pending.extend(sub_dirs)
+            for file in files:
+                problem = _file_problem(file)
+                if problem:
+                    index.skip(file, problem)
+                else:
+                    images.append(file)
+        if not images:
+            raise ValueError(f"class folder {class_dir} has no images (empty, or only "
+                             "hidden, zero-byte or non-image files)")
+        found[class_dir.name] = sorted(images)
+    return found
+
+
+def _scan_manifest(manifest: Path, index: DatasetIndex) -> dict[str, list[Sample]]:
+    """Manifest samples per split named in it ('train' alone when it has no split column)."""
+    rows = _read_manifest(manifest)
+    index.classes, labels = _class_labels([row[1] for row in rows], manifest)
+    given: dict[str, list[Sample]] = {}
+    for (relative, _, split), label in zip(rows, labels):
+        file = manifest.parent / relative
+        problem = _file_problem(file)
+        if problem:
+            index.skip(file, problem)
+        else:
+            given.setdefault(split, []).append(Sample(str(file), label))
+    if "train" not in given:
+        raise ValueError(f"{manifest}: no usable 'train' rows (splits found: {sorted(given)})")
+    return given
+
+
+def _read_manifest(manifest: Path) -> list[tuple[str, str, str]]:
+    """(path, label, split) per row; split is 'train' when the manifest has no split column."""
+    with open(manifest, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
+        reader = csv.reader(f)
+        header = [name.strip().lower() for name in next(reader, [])]
+        if "path" not in header or "label" not in header:
+            raise ValueError(f"{manifest}: the header must name the columns path,label[,split]; "
+                             f"found {header}")
+        columns = [header.index(name) if name in header else None for name in ("path", "label", "split")]
+        rows = []
+        for values in reader:
+            if not any(v.strip() for v in values):
+                continue  # blank lines, common at the end of hand-edited files
+            cells = [values[i].strip() if i is not None and i < len(values) else "" for i in columns]
+            rows.append(_manifest_row(cells, columns[2] is not None, f"{manifest}:{reader.line_num}"))
+    if not rows:
+        raise ValueError(f"{manifest}: the manifest has no rows")
+    return rows
+
+
+def _manifest_row(cells: list[str], has_split: bool, where: str) -> tuple[str, str, str]:
+    path, label, split = cells
+    if not path or not label:
+        raise ValueError(f"{where}: every row needs a path and a label, got {cells[:2]}")
+    if not has_split:
+        return path, label, "train"
+    if split.lower() not in SPLIT_NAMES:
+        raise ValueError(f"{where}: split must be one of {sorted(SPLIT_NAMES)}, got '{split}'")
+    return path, label, SPLIT_NAMES[split.lower()]
+
+
+def _class_labels(raw: list[str], manifest: Path) -> tuple[list[str], list[int]]:
+    """Class names (integers in numeric order, else strings sorted) and each row's label."""
+    if all(_INT_LABEL.match(v) for v in raw):
+        values = [int(v) for v in raw]
+        if min(values) < 0:
+            raise ValueError(f"{manifest}: integer labels must be >= 0, found {min(values)}")
+        classes = [str(v) for v in sorted(set(values))]
+        keys = [str(v) for v in values]
+    else:
+        classes, keys = sorted(set(raw)), raw
+    _require_two_classes(classes, manifest)
+    position = {name: i for i, name in enumerate(classes)}
+    return classes, [position[k] for k in keys]
+
+
+def _scan_npz(archive: Path, index: DatasetIndex) -> dict[str, list[Sample]]:
+    """npz samples per split present (train required); stores the images in `index.arrays`."""
+    with np.load(archive, allow_pickle=False) as data:
+        present = [s for s in SPLITS if s == "train" or f"{s}_images" in data or f"{s}_labels" in data]
+        missing = [f"{s}_{kind}" for s in present for kind in ("images", "labels") if f"{s}_{kind}" not in data]
+        if missing:
+            raise ValueError(f"{archive}: missing arrays {missing} (found {sorted(data.files)})")
+        index.arrays, labels = {}, {}
+        for split in present:
+            index.arrays[split], labels[split] = _npz_split(data, split, archive)
+    index.classes = [str(i) for i in range(1 + max(int(y.max(initial=0)) for y in labels.values()))]
+    _require_two_classes(index.classes, archive)
+    return {split: [Sample(i, int(y)) for i, y in enumerate(labels[split])] for split in present}
+
+
+def _npz_split(data, split: str, archive: Path) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+    where = f"{archive}: {split}_images"
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or images.ndim == 4 and images.shape[3] not in (1, 3):
+        raise ValueError(f"{where} must be uint8 (N,H,W) or (N,H,W,1|3), got {images.dtype} {images.shape}")
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{archive}: {split}_labels must be integers shaped ({len(images)},) or "
+                         f"({len(images)},1) (single-label), got {labels.dtype} {labels.shape}")
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"{archive}: {split}_labels must be >= 0, found {labels.min()}")
+    return images, labels
+
+
+def _regroup_arrays_(index: DatasetIndex, given: dict[str, list[Sample]]) -> None:
+    """Gives each final split its own image array after splits were carved out of train."""
+    data = dict(index.arrays)
+    for split, samples in index.splits.items():
+        source = split if split in given else "train"
+        rows = [sample.source for sample in samples]
+        if rows != list(range(len(data[source]))):
+            index.arrays[split] = data[source][rows]
+            index.splits[split] = [Sample(i, s.label) for i, s in enumerate(samples)]
+
+
+def complete_splits(given: dict[str, list[Sample]], fractions: tuple[float, float, float],
+                    seed: int) -> tuple[dict[str, list[Sample]], str]:
+    """Adds the splits missing from `given` by carving them out of 'train', stratified.
+
+    Args:
+        given: split -> samples as found in the data; must contain 'train'.
+        fractions: train/val/test fractions; those of train and the missing splits are
+            renormalised to divide the given train samples.
+        seed: `split_seed`; the same seed always yields the same split.
+
+    Returns:
+        (splits with keys 'train', 'val', 'test'; 'data' or 'stratified').
+    """
+    missing = [s for s in SPLITS if s not in given]
+    if not missing:
+        return {s: given[s] for s in SPLITS}, "data"
+    parts = ["train", *missing]
+    train = given["train"]
+    cuts = stratified_split([s.label for s in train], [fractions[SPLITS.index(p)] for p in parts], seed)
+    carved = {part: [train[i] for i in rows] for part, rows in zip(parts, cuts)}
+    return {s: given[s] if s in given and s != "train" else carved[s] for s in SPLITS}, "stratified"
+
+
+def stratified_split(labels: list[int], fractions: list[float], seed: int) -> list[np.ndarray]:
+    """Splits positions 0..N-1 into parts with each class divided by `fractions`.
+
+    Per class, every part gets round(n * fraction) samples (the first part the rest), so
+    each part is within one sample of its share; when the class has at least as many
+    samples as there are parts, every part with a positive fraction gets at least one.
+    The order comes from sorting PCG64 raw outputs seeded by (seed, class): bit-generator
+    streams are stable across NumPy versions, unlike `Generator.permutation`.
+
+    Args:
+        labels: class of each position.
+        fractions: one non-negative weight per part (normalised here); the first must be > 0.
+        seed: non-negative seed.
+
+    Returns:
+        One sorted int64 array of positions per part; together they cover 0..N-1 once.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    weights = np.asarray(fractions, dtype=np.float64) / sum(fractions)
+    parts: list[list[np.ndarray]] = [[] for _ in weights]
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        bits = np.random.PCG64(np.random.SeedSequence([seed, int(label)])).random_raw(len(rows))
+        rows = rows[np.argsort(bits, kind="stable")]
+        counts = _part_counts(len(rows), weights)
+        for part, chunk in zip(parts, np.split(rows, np.cumsum(counts)[:-1])):
+            part.append(chunk)
+    return [np.sort(np.concatenate(p)) if p else np.empty(0, np.int64) for p in parts]
+
+
+def _part_counts(n: int, weights: np.ndarray) -> np.ndarray:
+    counts = np.floor(n * weights + 0.5).astype(np.int64)  # round half up, not to even
+    if n >= len(weights):
+        counts[1:] = np.maximum(counts[1:], weights[1:] > 0)
+    counts[0] = n - counts[1:].sum()
+    while counts[0] < min(n, 1):  # tiny train weight: give train one back from the largest part
+        largest = 1 + int(np.argmax(counts[1:]))
+        counts[largest] -= 1
+        counts[0] += 1
+    return counts

@@ -1,0 +1,208 @@
+"""Batches of normalised image tensors from a DatasetIndex: the torchvision/PIL backend.
+
+Implements the input of ../shared/spec/strategies.md (Shared protocol): Resize(resize) ->
+CenterCrop(crop) -> ToTensor -> Normalize(mean, std), grayscale replicated to 3 channels (by
+`images.open_rgb`), no augmentation unless `augment` (then a horizontal flip with p=0.5 and a
+rotation of up to 10 degrees, on train only, after the crop).
+
+The loop sees only the `Batches` protocol, which the DALI and GPU-cache backends will also
+implement. Reproducibility does not depend on global RNG state:
+- train order is a permutation drawn from (seed, epoch);
+- augmentation draws from (seed, epoch, sample position), so it is the same whichever worker
+  decodes the sample;
+- DataLoader's worker base seed comes from a private generator seeded with `seed`.
+So a run resumed at epoch e sees exactly the batches the uninterrupted run saw.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from engine.config import DataConfig
+from engine.data.images import BadImageError, open_rgb
+from engine.data.sources import SPLITS, DatasetIndex
+
+BUILT_LOADERS = ("torchvision", "auto")  # 'auto' means torchvision until other backends exist
+MAX_ROTATION_DEG = 10.0  # the spec's "small rotations"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch as the training loop receives it.
+
+    Attributes:
+        images: float32 (B, 3, crop, crop), normalised with the config's mean and std.
+        labels: int64 (B,).
+        skipped: paths of this batch's samples that failed to decode (dropped, so B may be
+            smaller than the batch size, even 0: the loop skips a batch without rows).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    skipped: tuple[str, ...] = ()
+
+
+class Batches(Protocol):
+    """What the loop iterates each epoch; every data backend implements this.
+
+    `__iter__` yields `Batch`es covering the split once; `__len__` is the number of batches;
+    `num_samples` the number of samples in the split; `set_epoch(e)` selects the train order
+    and augmentation of epoch e (a no-op for val and test, which are always in index order).
+    """
+
+    num_samples: int
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Loaders:
+    train: Batches
+    val: Batches
+    test: Batches
+
+
+def build_loaders(index: DatasetIndex, cfg: DataConfig, seed: int, device: torch.device) -> Loaders:
+    """Builds the three split loaders of `index`.
+
+    Args:
+        index: from `sources.load_index`.
+        cfg: transform, batch sizes, workers, loader backend and `on_bad_image`.
+        seed: the cell's seed; fixes train order and augmentation per epoch.
+        device: where batches go; pinned host memory when it is CUDA.
+
+    Returns:
+        Loaders whose train split is shuffled per epoch and val/test are in order, complete.
+
+    Raises:
+        ValueError: naming the field, for a backend that is not built yet or a bad value.
+    """
+    _check_config(cfg)
+    built = {}
+    for split in SPLITS:
+        is_train = split == "train"
+        dataset = _SampleDataset(index, split, cfg, seed, augment=is_train and cfg.augment)
+        batch_size = cfg.train_batch_size if is_train else cfg.eval_batch_size
+        built[split] = TorchBatches(dataset, batch_size, seed, is_train, cfg, device)
+    return Loaders(**built)
+
+
+def _check_config(cfg: DataConfig) -> None:
+    if cfg.loader not in BUILT_LOADERS:
+        raise ValueError(f"data.loader='{cfg.loader}': that backend is not built yet; "
+                         f"use one of {list(BUILT_LOADERS)}")
+    if cfg.num_workers < 0 or cfg.train_batch_size < 1 or cfg.eval_batch_size < 1:
+        raise ValueError("data.num_workers must be >= 0 and data.train_batch_size, "
+                         f"data.eval_batch_size >= 1, got {cfg.num_workers}, "
+                         f"{cfg.train_batch_size}, {cfg.eval_batch_size}")
+    if not 0 < cfg.crop <= cfg.resize:
+        raise ValueError(f"data.crop must be in 1..data.resize ({cfg.resize}), got {cfg.crop}")
+    if len(cfg.mean) != 3 or len(cfg.std) != 3 or min(cfg.std) <= 0:
+        raise ValueError(f"data.mean and data.std need 3 values, std > 0; got {cfg.mean}, {cfg.std}")
+
+
+class _EpochSampler(Sampler):
+    """Yields (epoch, position) keys: a (seed, epoch) permutation, or 0..N-1 in order."""
+
+    def __init__(self, num_samples: int, seed: int, shuffle: bool):
+        self.num_samples, self.seed, self.shuffle, self.epoch = num_samples, seed, shuffle, 0
+
+    def __iter__(self):
+        order = range(self.num_samples)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
+        # The epoch travels with each key because persistent workers keep their own
+        # copy of the dataset: this is how they learn it.
+        return ((self.epoch, int(i)) for i in order)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class _SampleDataset(Dataset):
+    """Decodes and transforms one sample; a bad image yields (None, label, path, reason)."""
+
+    def __init__(self, index: DatasetIndex, split: str, cfg: DataConfig, seed: int, augment: bool):
+        self.samples = index.splits[split]
+        self.images = index.arrays[split] if index.arrays is not None else None
+        self.origin = f"{index.root}:{split}_images"
+        self.seed, self.augment = seed, augment
+        self.resize_crop = transforms.Compose([transforms.Resize(cfg.resize), transforms.CenterCrop(cfg.crop)])
+        self.to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, position = key
+        sample = self.samples[position]
+        try:
+            image = self._read(sample.source)
+        except BadImageError as error:
+            return None, sample.label, error.path, error.reason
+        image = self.resize_crop(image)
+        if self.augment:
+            image = _augment(image, np.random.default_rng([self.seed, epoch, position]))
+        return self.to_tensor(image), sample.label, "", ""
+
+    def _read(self, source: str | int) -> Image.Image:
+        if self.images is None:
+            return open_rgb(source)
+        return Image.fromarray(self.images[source].squeeze()).convert("RGB")  # squeeze: (H,W,1)
+
+
+def _augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    if rng.random() < 0.5:
+        image = TF.hflip(image)
+    angle = float(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
+    return TF.rotate(image, angle, interpolation=InterpolationMode.BILINEAR)
+
+
+def _collate(items: list[tuple], crop: int):
+    """Stacks the decoded samples; returns (images, labels, bad paths, bad reasons)."""
+    good = [item for item in items if item[0] is not None]
+    images = torch.stack([item[0] for item in good]) if good else torch.empty(0, 3, crop, crop)
+    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
+    bad = [item for item in items if item[0] is None]
+    return images, labels, tuple(item[2] for item in bad), tuple(item[3] for item in bad)
+
+
+class TorchBatches:
+    """`Batches` over a torch DataLoader (num_workers processes; 0 = the main process)."""
+
+    def __init__(self, dataset: _SampleDataset, batch_size: int, seed: int, shuffle: bool,
+                 cfg: DataConfig, device: torch.device):
+        self.num_samples = len(dataset)
+        self.on_bad_image = cfg.on_bad_image
+        self._sampler = _EpochSampler(len(dataset), seed, shuffle)
+        self._loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=self._sampler, num_workers=cfg.num_workers,
+            collate_fn=partial(_collate, crop=cfg.crop), pin_memory=device.type == "cuda",
+            persistent_workers=cfg.num_workers > 0, drop_last=False,
+            generator=torch.Generator().manual_seed(seed))  # keeps global RNG state untouched
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._sampler.epoch = epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        for images, labels, bad_paths, reasons in self._loader:
+            if bad_paths and self.on_bad_image == "error":
+                raise BadImageError(bad_paths[0], reasons[0])
+            yield Batch(images, labels, bad_paths)

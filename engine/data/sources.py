@@ -39,6 +39,7 @@ from engine.config import DataConfig
 from engine.data.images import sniff_image_format
 
 SPLITS = ("train", "val", "test")
+FORMATS = ("imagefolder", "csv", "npz")
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 _INT_LABEL = re.compile(r"^[+-]?\d+$")
 
@@ -124,6 +125,8 @@ def detect_format(path: Path, requested: str = "auto") -> str:
         FileNotFoundError: when `path` does not exist.
         ValueError: when the format cannot be told or contradicts the path.
     """
+    if requested not in ("auto", *FORMATS):
+        raise ValueError(f"data.format must be one of {['auto', *FORMATS]}, got '{requested}'")
     if not str(path) or not path.exists():
         raise FileNotFoundError(f"data.path: dataset not found: '{path}'")
     if path.is_dir():

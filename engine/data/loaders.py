@@ -109,6 +109,8 @@ def _check_config(cfg: DataConfig) -> None:
         raise ValueError("data.num_workers must be >= 0 and data.train_batch_size, "
                          f"data.eval_batch_size >= 1, got {cfg.num_workers}, "
                          f"{cfg.train_batch_size}, {cfg.eval_batch_size}")
+    if cfg.on_bad_image not in ("skip", "error"):
+        raise ValueError(f"data.on_bad_image must be 'skip' or 'error', got '{cfg.on_bad_image}'")
     if not 0 < cfg.crop <= cfg.resize:
         raise ValueError(f"data.crop must be in 1..data.resize ({cfg.resize}), got {cfg.crop}")
     if len(cfg.mean) != 3 or len(cfg.std) != 3 or min(cfg.std) <= 0:
@@ -162,7 +164,10 @@ class _SampleDataset(Dataset):
     def _read(self, source: str | int) -> Image.Image:
         if self.images is None:
             return open_rgb(source)
-        return Image.fromarray(self.images[source].squeeze()).convert("RGB")  # squeeze: (H,W,1)
+        pixels = self.images[source]
+        if pixels.ndim == 3 and pixels.shape[2] == 1:
+            pixels = pixels[..., 0]  # PIL has no (H,W,1) mode
+        return Image.fromarray(pixels).convert("RGB")
 
 
 def _augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -108,6 +108,8 @@ def load_index_as_found(cfg: DataConfig) -> DatasetIndex:
     An unsplit dataset comes back as 'train' alone; `split_origin` still says whether
     `load_index` will carve splits ('stratified') or not ('data'). For the data check.
     """
+    if not cfg.path:
+        raise ValueError("data.path is empty: set it to an image folder, a .csv manifest or a .npz file")
     path = Path(cfg.path).expanduser()
     _check_split_config(cfg)
     fmt = detect_format(path, cfg.format)
@@ -127,7 +129,7 @@ def detect_format(path: Path, requested: str = "auto") -> str:
     """
     if requested not in ("auto", *FORMATS):
         raise ValueError(f"data.format must be one of {['auto', *FORMATS]}, got '{requested}'")
-    if not str(path) or not path.exists():
+    if not path.exists():
         raise FileNotFoundError(f"data.path: dataset not found: '{path}'")
     if path.is_dir():
         detected = "imagefolder"

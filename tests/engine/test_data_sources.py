@@ -294,3 +294,8 @@ def test_load_index_npz_rejects_non_uint8_images(tmp_path):
     np.savez(path, train_images=np.zeros((4, 8, 8), np.float32), train_labels=np.array([0, 1, 0, 1]))
     with pytest.raises(ValueError, match="train_images must be uint8"):
         load_index(DataConfig(path=str(path)))
+
+
+def test_load_index_rejects_empty_path_naming_field():
+    with pytest.raises(ValueError, match="data.path"):
+        load_index(DataConfig(path=""))

@@ -133,17 +133,18 @@ def format_report(report: CheckReport, limit: int = MAX_LISTED) -> str:
     if report.carved_splits:
         lines.append(f"not in the data: {', '.join(report.carved_splits)} (carved out of train when "
                      "training, stratified, with data.split_seed)")
-    reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(report.skipped.items()))
-    lines += _section(f"skipped while indexing: {sum(report.skipped.values())}" + (f" ({reasons})" if reasons else ""),
+    reasons = "".join(f", {reason}: {n}" for reason, n in sorted(report.skipped.items()))
+    lines += _section(f"skipped while indexing: {sum(report.skipped.values())}{reasons}",
                       [f"{shown(path)}: {reason}" for path, reason in report.skipped_files], limit)
     lines += _section(f"unreadable images (full decode fails): {len(report.unreadable)}",
                       [f"{shown(source)}: {reason}" for source, reason in report.unreadable], limit)
     lines += _section(f"content format differs from extension: {len(report.extension_mismatches)}",
                       [f"{shown(path)}: {fmt} data" for path, fmt in report.extension_mismatches], limit)
-    for title, groups in (("across splits", report.duplicates_across), ("within a split", report.duplicates_within)):
-        lines += _section(f"duplicate groups {title}: {len(groups)} "
-                          f"({sum(len(g) for g in groups)} images)",
-                          [" = ".join(f"{split}:{shown(source)}" for split, source in g) for g in groups], limit)
+    for where, groups in (("across splits", report.duplicates_across),
+                          ("within a split", report.duplicates_within)):
+        lines += _section(f"duplicate groups {where}: {len(groups)} ({sum(map(len, groups))} images)",
+                          [" = ".join(f"{split}:{shown(source)}" for split, source in group) for group in groups],
+                          limit)
     problems = report.problems()
     lines.append("problems: " + ("; ".join(problems) if problems else "none"))
     return "\n".join(lines)

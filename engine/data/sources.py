@@ -305,8 +305,9 @@ def _class_labels(raw: list[str], manifest: Path) -> tuple[list[str], list[int]]
 def _scan_npz(archive: Path, index: DatasetIndex) -> dict[str, list[Sample]]:
     """npz samples per split present (train required); stores the images in `index.arrays`."""
     with np.load(archive, allow_pickle=False) as data:
-        present = [s for s in SPLITS if s == "train" or f"{s}_images" in data or f"{s}_labels" in data]
-        missing = [f"{s}_{kind}" for s in present for kind in ("images", "labels") if f"{s}_{kind}" not in data]
+        present = [s for s in SPLITS if s == "train" or {f"{s}_images", f"{s}_labels"} & set(data.files)]
+        wanted = [f"{split}_{kind}" for split in present for kind in ("images", "labels")]
+        missing = [key for key in wanted if key not in data.files]
         if missing:
             raise ValueError(f"{archive}: missing arrays {missing} (found {sorted(data.files)})")
         index.arrays, labels = {}, {}
@@ -320,7 +321,8 @@ def _scan_npz(archive: Path, index: DatasetIndex) -> dict[str, list[Sample]]:
 def _npz_split(data, split: str, archive: Path) -> tuple[np.ndarray, np.ndarray]:
     images, labels = data[f"{split}_images"], data[f"{split}_labels"]
     where = f"{archive}: {split}_images"
-    if images.dtype != np.uint8 or images.ndim not in (3, 4) or images.ndim == 4 and images.shape[3] not in (1, 3):
+    channels_ok = images.ndim == 3 or images.ndim == 4 and images.shape[3] in (1, 3)
+    if images.dtype != np.uint8 or not channels_ok:
         raise ValueError(f"{where} must be uint8 (N,H,W) or (N,H,W,1|3), got {images.dtype} {images.shape}")
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]

@@ -31,10 +31,11 @@ def measure_norms(ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return grad_sumsq.sqrt(), weight_sumsq.sqrt(), ratio
 
 
-def _backward(ctx: RunContext, images: torch.Tensor, labels: torch.Tensor, scaled: bool = True) -> torch.Tensor:
+def _backward(ctx: RunContext, images: torch.Tensor, labels: torch.Tensor, scaled: bool = True,
+              forward=None) -> torch.Tensor:
     """Forward, loss and backward; with fp16 the loss is scaled and the gradients unscaled again."""
     with ctx.autocast():
-        logits = ctx.forward(images)
+        logits = (forward or ctx.forward)(images)
     loss = F.cross_entropy(logits.float(), labels)
     ctx.model.zero_grad(set_to_none=True)
     if scaled:
@@ -45,8 +46,9 @@ def _backward(ctx: RunContext, images: torch.Tensor, labels: torch.Tensor, scale
     return loss.detach()
 
 
-def train_step(ctx: RunContext, images: torch.Tensor, labels: torch.Tensor, step: int, epoch: int) -> torch.Tensor:
-    loss = _backward(ctx, images, labels)
+def train_step(ctx: RunContext, images: torch.Tensor, labels: torch.Tensor, step: int, epoch: int,
+               forward=None) -> torch.Tensor:
+    loss = _backward(ctx, images, labels, forward=forward)
     plan = ctx.plan
     ctx.strategy.extra_grad_(ctx.trainable_names, ctx.trainable_params, _grads(ctx))
     if plan.norms_every_k_steps and (step + 1) % plan.norms_every_k_steps == 0:
@@ -68,8 +70,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_train_epoch(ctx: RunContext, loader, plan: EpochPlan, epoch: int) -> dict:
-    """Trains one epoch; returns train/loss and perf/* timings (data wait measured on the host)."""
+def run_train_epoch(ctx: RunContext, loader, plan: EpochPlan, epoch: int, forward=None) -> dict:
+    """Trains one epoch; returns train/loss and perf/* timings (data wait measured on the host).
+
+    Args:
+        loader: the epoch's `Batches` (images, or cached features with `forward` the head).
+        forward: the module batches go through (default: the run's model, compiled or not).
+    """
     ctx.set_train_modes(plan)
     loader.set_epoch(epoch)
     max_steps = ctx.cfg.trainer.max_steps_per_epoch
@@ -88,7 +95,7 @@ def run_train_epoch(ctx: RunContext, loader, plan: EpochPlan, epoch: int) -> dic
         if batch.labels.numel() == 0:
             continue
         images, labels = ctx.to_device(batch.images, batch.labels)
-        loss_sum += train_step(ctx, images, labels, step, epoch) * labels.numel()
+        loss_sum += train_step(ctx, images, labels, step, epoch, forward) * labels.numel()
         images_seen += labels.numel()
         step += 1
     _sync(ctx.device)
@@ -127,11 +134,15 @@ def evaluate(ctx: RunContext, loader) -> dict:
 def calibration_norms(ctx: RunContext, loader, plan: EpochPlan, epoch: int) -> TensorNorms:
     """Norms from `plan.calibration_batches` forward/backward passes without a step.
 
-    The grad/weight ratios are averaged over the batches (Auto-RGN's reference semantics).
+    The grad/weight ratios and gradient norms are averaged over the batches (Auto-RGN's reference
+    semantics); the batch moments for a signal-to-noise ratio come from a running gradient sum.
     """
+    from kernels.multi_tensor_norm import multi_tensor_norm
+
     ctx.set_train_modes(plan)
     loader.set_epoch(epoch)
-    grad_sum = ratio_sum = weight_norms = None
+    weights = [p.detach() for p in ctx.trainable_params]
+    sums, grad_sum = {}, None
     count = 0
     for batch in loader:
         if count == plan.calibration_batches:
@@ -140,11 +151,18 @@ def calibration_norms(ctx: RunContext, loader, plan: EpochPlan, epoch: int) -> T
             continue
         # No optimizer exists yet for this epoch, so no loss scaling (fp16 calibration is unscaled).
         _backward(ctx, *ctx.to_device(batch.images, batch.labels), scaled=False)
-        grad_norms, weight_norms, ratios = measure_norms(ctx)
-        grad_sum = grad_norms if grad_sum is None else grad_sum + grad_norms
-        ratio_sum = ratios if ratio_sum is None else ratio_sum + ratios
+        grads = _grads(ctx)
+        grad_sq, weight_sq, ratio = multi_tensor_norm(grads, weights)
+        for key, value in (("norm", grad_sq.sqrt()), ("sq", grad_sq), ("ratio", ratio)):
+            sums[key] = sums[key] + value if key in sums else value
+        if grad_sum is None:
+            grad_sum = [g.detach().clone() for g in grads]
+        else:
+            torch._foreach_add_(grad_sum, grads)
         count += 1
     ctx.model.zero_grad(set_to_none=True)
     if count == 0:
         raise ValueError("no training batch for the strategy's calibration")
-    return TensorNorms(tuple(ctx.trainable_names), grad_sum / count, weight_norms, ratio_sum / count)
+    sum_sq, _, _ = multi_tensor_norm(grad_sum, weights)
+    return TensorNorms(tuple(ctx.trainable_names), sums["norm"] / count, weight_sq.sqrt(), sums["ratio"] / count,
+                       mean_grad_norms=sum_sq.sqrt() / count, grad_sq_means=sums["sq"] / count)

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from engine.config import CellConfig
-from engine.models import block_modules, create_backbone, model_blocks, model_layout
+from engine.feature_cache import FeatureCache, build_feature_cache, cache_applies
+from engine.models import block_modules, create_backbone, features_and_head, model_blocks, model_layout
 from engine.optim import build_optimizer, epoch_lr, param_groups, set_group_lrs, trainable_param_names
 from strategies import create_strategy
 from strategies.protocol import EpochPlan, ModelLayout, Strategy
@@ -66,6 +67,7 @@ class RunContext:
     plan: EpochPlan | None = None
     trainable_names: list[str] = field(default_factory=list)
     trainable_params: list[nn.Parameter] = field(default_factory=list)
+    feature_cache: tuple[frozenset, FeatureCache, nn.Module] | None = None  # (trainable set, cache, head)
     counters: dict = field(default_factory=lambda: {"train_s": 0.0, "train_images": 0, "skipped_images": 0})
 
     def autocast(self):
@@ -110,6 +112,21 @@ class RunContext:
         set_group_lrs(self.optimizer, epoch_lr(self.cfg.optim, epoch, self.cfg.trainer.epochs), plan.lr_factor)
         self.plan = plan
         return plan
+
+    def train_inputs(self, plan: EpochPlan, loaders) -> tuple[object, nn.Module]:
+        """The epoch's training batches and the module they go through: the feature cache and the
+        head when the plan allows it, else the image loader and the whole model."""
+        cfg = self.cfg
+        head = self.layout.blocks[self.layout.head_block]
+        if not (cfg.trainer.feature_cache and cache_applies(plan, cfg.data.augment, self.trainable_names, head)):
+            self.feature_cache = None
+            return loaders.train, self.forward
+        if self.feature_cache is None or self.feature_cache[0] != plan.trainable:
+            features, head = features_and_head(self.model, cfg.model.backbone, cfg.model.head_scope)
+            cache = build_feature_cache(features, loaders.train_in_order, self.autocast, self.to_device,
+                                        cfg.data.train_batch_size, cfg.trainer.seed, loaders.train_sources)
+            self.feature_cache = (plan.trainable, cache, head)
+        return self.feature_cache[1], self.feature_cache[2]
 
     def _compiled(self) -> nn.Module:
         if not self.cfg.trainer.compile:
@@ -156,7 +173,8 @@ def build_context(cfg: CellConfig, index) -> RunContext:
     blocks = model_blocks(model, cfg.model.backbone, cfg.model.head_scope)
     layout = model_layout(model, blocks)
     # Not copied: a strategy that keeps the pretrained values (SP's anchors) clones what it needs.
-    strategy = create_strategy(cfg.strategy, layout, {n: p.detach() for n, p in model.named_parameters()})
+    strategy = create_strategy(cfg.strategy, layout, {n: p.detach() for n, p in model.named_parameters()},
+                               cfg.trainer.epochs)
     return RunContext(cfg=cfg, device=device, classes=list(index.classes), model=model, layout=layout,
                       block_modules=block_modules(model, cfg.model.backbone, cfg.model.head_scope),
                       strategy=strategy, amp_dtype=_AMP_DTYPES[amp], channels_last=channels_last,

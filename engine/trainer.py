@@ -106,7 +106,11 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None) -> d
 
 
 def _run_epoch(ctx: RunContext, loaders, plan: EpochPlan, epoch: int, stopper: EarlyStopping, out: Path) -> dict:
-    train_stats = run_train_epoch(ctx, loaders.train, plan, epoch)
+    start = time.perf_counter()
+    train_batches, forward = ctx.train_inputs(plan, loaders)
+    cache_s = time.perf_counter() - start  # building the LP feature cache, when this epoch does
+    train_stats = run_train_epoch(ctx, train_batches, plan, epoch, forward)
+    train_stats["perf/feature_cache_s"] = cache_s
     val = evaluate(ctx, loaders.val)
     monitored = val[ctx.cfg.trainer.monitor]
     if not math.isfinite(train_stats["train/loss"]):

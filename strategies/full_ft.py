@@ -17,5 +17,5 @@ def full_plan(layout: ModelLayout, phase: str = "ft") -> EpochPlan:
 
 
 @register_strategy("ft", FtConfig, "full fine-tuning: every parameter trains at one learning rate")
-def create(cfg: FtConfig, layout: ModelLayout, initial_params) -> ConstantPlan:
+def create(cfg: FtConfig, layout: ModelLayout, initial_params, epochs: int) -> ConstantPlan:
     return ConstantPlan("ft", full_plan(layout))

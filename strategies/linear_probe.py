@@ -22,5 +22,5 @@ def head_only_plan(layout: ModelLayout, phase: str = "lp") -> EpochPlan:
 
 
 @register_strategy("lp", LpConfig, "linear probing: frozen backbone in eval mode, only the head trains")
-def create(cfg: LpConfig, layout: ModelLayout, initial_params) -> ConstantPlan:
+def create(cfg: LpConfig, layout: ModelLayout, initial_params, epochs: int) -> ConstantPlan:
     return ConstantPlan("lp", head_only_plan(layout))

@@ -85,12 +85,22 @@ class EpochPlan:
 
 @dataclass(frozen=True)
 class TensorNorms:
-    """Per-tensor L2 norms, on the device, in the order of `names`."""
+    """Per-tensor L2 norms, on the device, in the order of `names`; each field (n,) float32.
+
+    Attributes:
+        grad_norms: ||g_i||, averaged over the batches measured.
+        weight_norms: ||w_i||.
+        ratios: ||g_i|| / (||w_i|| + eps), averaged over the batches.
+        mean_grad_norms: ||mean_b g_ib||, the norm of the batch-averaged gradient (calibration only).
+        grad_sq_means: mean_b ||g_ib||^2 (calibration only).
+    """
 
     names: tuple[str, ...]
-    grad_norms: Tensor  # (n,) float32
-    weight_norms: Tensor  # (n,) float32
-    ratios: Tensor  # (n,) float32: grad_norm / (weight_norm + eps), averaged over batches
+    grad_norms: Tensor
+    weight_norms: Tensor
+    ratios: Tensor
+    mean_grad_norms: Tensor | None = None
+    grad_sq_means: Tensor | None = None
 
 
 class Strategy(Protocol):
@@ -109,15 +119,8 @@ class Strategy(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-@dataclass
-class ConstantPlan:
-    """A strategy whose plan never changes, with no gradient term and no state (FT, LP)."""
-
-    name: str
-    fixed_plan: EpochPlan
-
-    def plan(self, progress: Progress) -> EpochPlan:
-        return self.fixed_plan
+class NoExtras:
+    """The answers of a strategy with no gradient term, no measured scales and no state of its own."""
 
     def extra_grad_(self, names: list[str], params: list[Tensor], grads: list[Tensor]) -> None:
         pass
@@ -130,3 +133,14 @@ class ConstantPlan:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+@dataclass
+class ConstantPlan(NoExtras):
+    """A strategy whose plan never changes (FT, LP)."""
+
+    name: str
+    fixed_plan: EpochPlan
+
+    def plan(self, progress: Progress) -> EpochPlan:
+        return self.fixed_plan

@@ -71,9 +71,14 @@ class Batches(Protocol):
 
 @dataclass(frozen=True)
 class Loaders:
+    """The three splits, plus the train split in index order without augmentation (the LP feature
+    cache runs the backbone over it once) and the train samples' sources."""
+
     train: Batches
     val: Batches
     test: Batches
+    train_in_order: Batches
+    train_sources: list
 
 
 def build_loaders(index: DatasetIndex, cfg: DataConfig, seed: int, device: torch.device) -> Loaders:
@@ -98,7 +103,9 @@ def build_loaders(index: DatasetIndex, cfg: DataConfig, seed: int, device: torch
         dataset = _SampleDataset(index, split, cfg, seed, augment=is_train and cfg.augment)
         batch_size = cfg.train_batch_size if is_train else cfg.eval_batch_size
         built[split] = TorchBatches(dataset, batch_size, seed, is_train, cfg, device)
-    return Loaders(**built)
+    in_order = TorchBatches(_SampleDataset(index, "train", cfg, seed, augment=False), cfg.eval_batch_size, seed,
+                            False, cfg, device)
+    return Loaders(**built, train_in_order=in_order, train_sources=[s.source for s in index.splits["train"]])
 
 
 def _check_config(cfg: DataConfig) -> None:
@@ -117,22 +124,33 @@ def _check_config(cfg: DataConfig) -> None:
         raise ValueError(f"data.mean and data.std need 3 values, std > 0; got {cfg.mean}, {cfg.std}")
 
 
-class _EpochSampler(Sampler):
-    """Yields (epoch, position) keys: a (seed, epoch) permutation, or 0..N-1 in order."""
+def epoch_order(num_samples: int, seed: int, epoch: int, batch_size: int, shuffle: bool) -> np.ndarray:
+    """The sample positions of one epoch: a (seed, epoch) permutation when shuffling, else in order.
 
-    def __init__(self, num_samples: int, seed: int, shuffle: bool):
-        self.num_samples, self.seed, self.shuffle, self.epoch = num_samples, seed, shuffle, 0
+    A shuffled order whose last batch would hold a single sample leaves that sample out for this
+    epoch (it is another one every epoch): BatchNorm cannot train on a batch of one.
+    """
+    if not shuffle:
+        return np.arange(num_samples)
+    order = np.random.default_rng([seed, epoch]).permutation(num_samples)
+    return order[:-1] if num_samples % batch_size == 1 and num_samples > 1 else order
+
+
+class _EpochSampler(Sampler):
+    """Yields (epoch, position) keys in `epoch_order`."""
+
+    def __init__(self, num_samples: int, seed: int, batch_size: int, shuffle: bool):
+        self.num_samples, self.seed, self.batch_size, self.shuffle, self.epoch = (
+            num_samples, seed, batch_size, shuffle, 0)
 
     def __iter__(self):
-        order = range(self.num_samples)
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
+        order = epoch_order(self.num_samples, self.seed, self.epoch, self.batch_size, self.shuffle)
         # The epoch travels with each key because persistent workers keep their own
         # copy of the dataset: this is how they learn it.
         return ((self.epoch, int(i)) for i in order)
 
     def __len__(self) -> int:
-        return self.num_samples
+        return len(epoch_order(self.num_samples, self.seed, self.epoch, self.batch_size, self.shuffle))
 
 
 class _SampleDataset(Dataset):
@@ -193,7 +211,7 @@ class TorchBatches:
                  cfg: DataConfig, device: torch.device):
         self.num_samples = len(dataset)
         self.on_bad_image = cfg.on_bad_image
-        self._sampler = _EpochSampler(len(dataset), seed, shuffle)
+        self._sampler = _EpochSampler(len(dataset), seed, batch_size, shuffle)
         self._loader = DataLoader(
             dataset, batch_size=batch_size, sampler=self._sampler, num_workers=cfg.num_workers,
             collate_fn=partial(_collate, crop=cfg.crop), pin_memory=device.type == "cuda",

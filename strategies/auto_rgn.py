@@ -1,0 +1,120 @@
+"""Auto-RGN (spec 8, Lee et al. 2023) and its online variant: per-tensor learning rates from the
+relative gradient norm RGN_i = ||g_i|| / ||w_i||, scale_i = RGN_i / max_j RGN_j, lr_i = scale_i lr.
+
+Reference semantics (`auto_rgn`): at every epoch start the loop runs `estimate_batches` batches
+of forward/backward without a step; their per-batch ratios are averaged, max-normalised, and a
+new Adam (weight decay 1e-4) is built with those rates. BatchNorm tensors are excluded from
+training by module type. `auto_rgn_online` (ours) refreshes the scales every k steps from the live
+gradients, smoothed, with no extra forward/backward pass.
+
+At module granularity a module's ratio is sqrt(sum ||g_i||^2) / sqrt(sum ||w_i||^2) over its
+tensors, from the batch-averaged gradient norms; all its tensors get that scale.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from strategies import register_strategy
+from strategies.protocol import EpochPlan, ModelLayout, Progress, TensorNorms
+
+
+@dataclass
+class AutoRgnConfig:
+    name: str = "auto_rgn"
+    granularity: Literal["tensor", "module"] = "tensor"
+    exclude_bn: bool = True  # by module type, not by the substring "bn"
+    estimate_batches: int = 5
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class AutoRgnOnlineConfig:
+    name: str = "auto_rgn_online"
+    granularity: Literal["tensor", "module"] = "tensor"
+    exclude_bn: bool = True
+    weight_decay: float = 1e-4
+    refresh_every_steps: int = 20
+    smoothing: float = 0.9  # weight of the previous ratios in the moving average
+
+
+def rgn_scales(ratios: Tensor) -> Tensor:
+    """ratios / max(ratios); all ones when every ratio is 0 (nothing to rank by)."""
+    top = ratios.max()
+    return torch.where(top > 0, ratios / top.clamp_min(torch.finfo(ratios.dtype).tiny), torch.ones_like(ratios))
+
+
+def module_ratios(grad_norms: Tensor, weight_norms: Tensor, members: Tensor, num_modules: int) -> Tensor:
+    """Per-tensor ratio of the module each tensor belongs to (`members[i]` = module index of tensor i)."""
+    g2 = torch.zeros(num_modules, dtype=grad_norms.dtype, device=grad_norms.device)
+    w2 = torch.zeros_like(g2)
+    g2.index_add_(0, members, grad_norms.square())
+    w2.index_add_(0, members, weight_norms.square())
+    return (g2.sqrt() / w2.sqrt().clamp_min(1e-12))[members]
+
+
+@dataclass
+class AutoRgn:
+    cfg: AutoRgnConfig | AutoRgnOnlineConfig
+    layout: ModelLayout
+    trainable: tuple[str, ...]
+    scales: dict[str, float]
+    online: bool
+    smoothed: Tensor | None = None
+    name: str = "auto_rgn"
+
+    def plan(self, progress: Progress) -> EpochPlan:
+        return EpochPlan(phase=self.name, trainable=frozenset(self.trainable), lr_scales=dict(self.scales),
+                         weight_decay=self.cfg.weight_decay, fresh_optimizer=not self.online,
+                         calibration_batches=0 if self.online else self.cfg.estimate_batches,
+                         norms_every_k_steps=self.cfg.refresh_every_steps if self.online else 0)
+
+    def extra_grad_(self, names, params, grads) -> None:
+        pass
+
+    def _layer_ratios(self, norms: TensorNorms) -> Tensor:
+        if self.cfg.granularity == "tensor":
+            return norms.ratios
+        owner = {p: i for i, params in enumerate(self.layout.modules.values()) for p in params}
+        members = torch.tensor([owner[n] for n in norms.names], device=norms.ratios.device)
+        return module_ratios(norms.grad_norms, norms.weight_norms, members, len(self.layout.modules))
+
+    def update_scales(self, norms: TensorNorms) -> dict[str, float]:
+        ratios = self._layer_ratios(norms).float()
+        if self.online:
+            s = self.cfg.smoothing
+            self.smoothed = ratios if self.smoothed is None else s * self.smoothed + (1 - s) * ratios
+            ratios = self.smoothed
+        # One host transfer per refresh: the optimizer's group learning rates are Python floats.
+        self.scales = dict(zip(norms.names, rgn_scales(ratios).tolist()))
+        return self.scales
+
+    def state_dict(self) -> dict:
+        return {"scales": self.scales, "smoothed": self.smoothed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scales, self.smoothed = state["scales"], state["smoothed"]
+
+
+def _create(online: bool, name: str):
+    def create(cfg, layout: ModelLayout, initial_params, epochs: int) -> AutoRgn:
+        steps = cfg.refresh_every_steps if online else cfg.estimate_batches
+        if steps < 1:
+            raise ValueError(f"strategy.{'refresh_every_steps' if online else 'estimate_batches'} must be "
+                             f"at least 1, got {steps}")
+        if online and not 0 <= cfg.smoothing < 1:
+            raise ValueError(f"strategy.smoothing must be in [0, 1), got {cfg.smoothing}")
+        excluded = layout.norm_params if cfg.exclude_bn else frozenset()
+        trainable = tuple(n for n in layout.param_names if n not in excluded)
+        return AutoRgn(cfg, layout, trainable, {n: 1.0 for n in trainable}, online, name=name)
+    return create
+
+
+register_strategy("auto_rgn", AutoRgnConfig, "per-tensor lr from relative gradient norms, re-estimated each epoch")(
+    _create(False, "auto_rgn"))
+register_strategy("auto_rgn_online", AutoRgnOnlineConfig,
+                  "Auto-RGN with scales refreshed every k steps from live gradients, no extra passes")(
+    _create(True, "auto_rgn_online"))

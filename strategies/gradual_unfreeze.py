@@ -1,0 +1,61 @@
+"""G-LF and G-FL (spec 3, 4): gradual unfreezing, one backbone block more every T epochs.
+
+The head always trains. With K backbone blocks the run trains head-only for T epochs, then
+unfreezes one block more every T epochs, from the output side (G-LF, ULMFiT) or the input side
+(G-FL), cumulatively. Default T = max(1, E // (K + 1)). Frozen blocks run in eval mode. The run
+is one phase for early stopping: its patience counts across the stages, as in the protocol.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from strategies import register_strategy
+from strategies.protocol import EpochPlan, ModelLayout, NoExtras, Progress
+
+
+@dataclass
+class GradualConfig:
+    name: str = "g_lf"
+    period_epochs: int | None = None  # T; None = max(1, E // (K + 1))
+
+
+def unfreeze_schedule(num_blocks: int, epochs: int, period_epochs: int,
+                      direction: Literal["last_first", "first_last"]) -> list[frozenset[int]]:
+    """The backbone block indices (0 = input side) that train in each epoch."""
+    schedule = []
+    for epoch in range(epochs):
+        unfrozen = min(num_blocks, epoch // period_epochs)
+        first = num_blocks - unfrozen if direction == "last_first" else 0
+        schedule.append(frozenset(range(first, first + unfrozen)))
+    return schedule
+
+
+@dataclass
+class GradualUnfreeze(NoExtras):
+    layout: ModelLayout
+    schedule: list[frozenset[int]]
+    name: str
+
+    def plan(self, progress: Progress) -> EpochPlan:
+        indices = self.schedule[min(progress.epoch, len(self.schedule) - 1)]
+        backbone = self.layout.backbone_blocks
+        trainable = frozenset(backbone[i] for i in indices) | {self.layout.head_block}
+        return EpochPlan(phase=self.name, trainable=trainable, backbone_eval=True,
+                         use_feature_cache=not indices)
+
+
+def _create(direction: str, name: str):
+    def create(cfg: GradualConfig, layout: ModelLayout, initial_params, epochs: int) -> GradualUnfreeze:
+        blocks = len(layout.backbone_blocks)
+        period = max(1, epochs // (blocks + 1)) if cfg.period_epochs is None else cfg.period_epochs
+        if period < 1:
+            raise ValueError(f"strategy.period_epochs must be at least 1, got {period}")
+        return GradualUnfreeze(layout, unfreeze_schedule(blocks, epochs, period, direction), name)
+    return create
+
+
+register_strategy("g_lf", GradualConfig, "gradual unfreezing, last block to first, one more every T epochs")(
+    _create("last_first", "g_lf"))
+register_strategy("g_fl", GradualConfig, "gradual unfreezing, first block to last, one more every T epochs")(
+    _create("first_last", "g_fl"))

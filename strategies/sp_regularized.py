@@ -1,0 +1,71 @@
+"""L1-SP and L2-SP (spec 6, 7): fine-tuning pulled towards the pretrained starting point.
+
+The penalties alpha/2 ||w_S - w_S0||^2 (L2) or alpha ||w_S - w_S0||_1 (L1), plus beta/2 ||w_H||^2
+on the head, are applied as their gradients, g += alpha (w - w0) or alpha sign(w - w0), and
+g += beta w, in one fused pass over all tensors (kernels/sp_grad.py), never as a loss built in a
+Python loop. The optimizer's own weight decay is 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from torch import Tensor
+
+from strategies import register_strategy
+from strategies.full_ft import full_plan
+from strategies.protocol import EpochPlan, ModelLayout, NoExtras, Progress
+
+
+@dataclass
+class SpConfig:
+    name: str = "l2_sp"
+    alpha: float = 0.01
+    beta: float = 0.01
+    exclude_bn_and_bias: bool = False  # leave BatchNorm tensors and biases unpenalised
+
+
+@dataclass
+class StartingPointRegularized(NoExtras):
+    cfg: SpConfig
+    norm: Literal["l1", "l2"]
+    anchors: dict[str, Tensor | None]  # penalised tensor -> w0 (None for the head: beta * w)
+    fixed_plan: EpochPlan
+    name: str = "l2_sp"
+    _selection: tuple = field(default=(None, [], []), repr=False)
+
+    def plan(self, progress: Progress) -> EpochPlan:
+        return self.fixed_plan
+
+    def _select(self, names: list[str]) -> tuple[list[int], list[Tensor | None]]:
+        # The trainable list changes only with the plan: filter it once, not every step.
+        if self._selection[0] is not names:
+            picked = [i for i, n in enumerate(names) if n in self.anchors]
+            self._selection = (names, picked, [self.anchors[names[i]] for i in picked])
+        return self._selection[1], self._selection[2]
+
+    def extra_grad_(self, names: list[str], params: list[Tensor], grads: list[Tensor]) -> None:
+        from kernels.sp_grad import add_sp_grad_
+
+        picked, anchors = self._select(names)
+        add_sp_grad_([grads[i] for i in picked], [params[i].detach() for i in picked], anchors,
+                     self.cfg.alpha, self.cfg.beta, self.norm)
+
+
+def _create(norm: str, name: str):
+    def create(cfg: SpConfig, layout: ModelLayout, initial_params, epochs: int) -> StartingPointRegularized:
+        for key in ("alpha", "beta"):
+            if getattr(cfg, key) < 0:
+                raise ValueError(f"strategy.{key} must be non-negative, got {getattr(cfg, key)}")
+        head = set(layout.blocks[layout.head_block])
+        skipped = layout.norm_params | layout.bias_params if cfg.exclude_bn_and_bias else frozenset()
+        anchors = {n: None if n in head else initial_params[n].detach().clone()
+                   for n in layout.param_names if n in head or n not in skipped}
+        return StartingPointRegularized(cfg, norm, anchors, replace(full_plan(layout, name), weight_decay=0.0), name)
+    return create
+
+
+register_strategy("l1_sp", SpConfig, "fine-tuning + alpha*sign(w-w0) on the backbone, beta*w on the head")(
+    _create("l1", "l1_sp"))
+register_strategy("l2_sp", SpConfig, "fine-tuning + alpha*(w-w0) on the backbone, beta*w on the head")(
+    _create("l2", "l2_sp"))

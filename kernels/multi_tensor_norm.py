@@ -127,6 +127,15 @@ def _log_once(reason: str) -> None:
         _logger.warning("medft kernels: %s; using the PyTorch reference", reason)
 
 
+def _triton_imported_interpreted() -> bool:
+    # triton.language's own jit functions (tl.sum) are decorated when triton is imported: only
+    # then does TRITON_INTERPRET decide whether they run in the interpreter.
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(tl.sum, InterpretedFunction)
+
+
 def kernel_backend(device: torch.device) -> str:
     """'triton' or 'reference' for tensors on `device`, from MEDFT_KERNELS and what can run.
 
@@ -147,6 +156,9 @@ def kernel_backend(device: torch.device) -> str:
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
     if device.type == "cpu" and not interpret:
         _log_once("Triton runs on CPU tensors only with TRITON_INTERPRET=1")
+    elif device.type == "cpu" and not _triton_imported_interpreted():
+        _log_once("TRITON_INTERPRET=1 was set after triton was imported (torchvision imports it); "
+                  "set it before")
     elif device.type == "cuda" and interpret:
         _log_once("the Triton interpreter cannot read CUDA memory through an address table")
     elif device.type not in ("cpu", "cuda"):

@@ -1,8 +1,9 @@
 """Fixtures for the kernel tests: the Triton interpreter on CPU, fresh random tensor lists.
 
 The kernels are Triton programs; without a GPU they run only under TRITON_INTERPRET=1
-(../shared/spec/environment.md). The kernel modules define their `triton.jit` functions on first
-use, so setting the variable when this file is imported is early enough.
+(../shared/spec/environment.md), which must be set before triton is imported (torchvision imports
+it), so it is set when this file is imported; TRITON_INTERPRET=0 in the environment turns the
+CPU kernel tests into skips and lets the `gpu` tests run the compiled kernels.
 """
 import os
 
@@ -13,13 +14,20 @@ import random  # noqa: E402  (after the environment is set, on purpose)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from kernels.multi_tensor_norm import kernel_backend  # noqa: E402
+
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @pytest.fixture
 def use_triton(monkeypatch):
-    """Forces the Triton path (the interpreter on CPU)."""
+    """Forces the Triton path (the interpreter on CPU) and checks that it is really taken."""
+    if os.environ["TRITON_INTERPRET"] != "1":
+        pytest.skip("TRITON_INTERPRET is not 1: the CPU kernel tests need the Triton interpreter")
     monkeypatch.setenv("MEDFT_KERNELS", "triton")
+    if kernel_backend(torch.device("cpu")) != "triton":
+        pytest.fail("the Triton interpreter is off: triton was imported before this conftest set "
+                    "TRITON_INTERPRET=1; set it in the environment")
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Literal, NamedTuple
 
 import torch
@@ -37,6 +38,9 @@ from torch import Tensor
 
 from kernels.multi_tensor_norm import (BLOCK, CHUNK, CacheInfo, PlanCache, check_lengths, check_tensor,
                                        group_chunk_rows, kernel_backend, upload_int64)
+
+_ptr, _shape_dtype, _stride = Tensor.data_ptr, attrgetter("shape", "dtype"), Tensor.stride
+
 
 def sp_grad_reference_(grads: Sequence[Tensor], params: Sequence[Tensor], anchors: Sequence[Tensor | None],
                        alpha: float, beta: float, norm: Literal["l1", "l2"]) -> None:
@@ -179,11 +183,11 @@ def add_sp_grad_(grads: Sequence[Tensor], params: Sequence[Tensor], anchors: Seq
         _validate(grads, params, anchors, norm)
         sp_grad_reference_(grads, params, anchors, alpha, beta, norm)
         return
-    try:
-        key = (device, *(tuple(0 if t is None else t.data_ptr() for t in ts) for ts in (grads, params, anchors)),
-               *(tuple(None if t is None else (t.shape, t.dtype, t.stride()) for t in ts)
-                 for ts in (grads, params, anchors)))
-    except AttributeError:  # a non-tensor in a list: let validation name it
+    try:  # validation runs only when a plan is built: the key pins everything it checked
+        key = (device, tuple(map(_ptr, grads)), tuple(map(_ptr, params)), tuple(map(_shape_dtype, grads)),
+               tuple(map(_shape_dtype, params)), tuple(map(_stride, grads)), tuple(map(_stride, params)),
+               tuple(None if a is None else (a.data_ptr(), a.shape, a.dtype, a.stride()) for a in anchors))
+    except (TypeError, AttributeError):  # a non-tensor in a list: let validation name it
         _validate(grads, params, anchors, norm)
         raise
     plan = _SP_PLANS.get(key, lambda: _build_sp_plan(grads, params, anchors, norm))

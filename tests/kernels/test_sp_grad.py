@@ -1,4 +1,6 @@
 """kernels/sp_grad.py: the fused SP gradient (interpreted on CPU) against the float64 reference."""
+import os
+
 import pytest
 import torch
 
@@ -138,3 +140,20 @@ def test_add_sp_grad_builds_no_plan_when_input_bad(use_triton):
         add_sp_grad_([torch.randn(1, 2, 3, 3)], [torch.randn(1, 2, 3, 3).to(memory_format=torch.channels_last)],
                      [None], alpha=0.1, beta=0.1, norm="l2")
     assert spg._SP_PLANS.info()[1:] == before[1:]  # (builds, size)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+                    reason="needs a CUDA device and TRITON_INTERPRET=0 (the interpreter reads host memory only)")
+@pytest.mark.parametrize("norm", ["l1", "l2"])
+def test_add_sp_grad_matches_float64_reference_without_host_sync_when_on_cuda(make_tensor_lists, norm):
+    grads, params, anchors = ([None if t is None else t.cuda() for t in ts] for ts in _random_inputs(make_tensor_lists))
+    add_sp_grad_(grads, params, anchors, alpha=0.1, beta=0.01, norm=norm)  # builds the table, compiles
+    grads0 = [g.clone() for g in grads]
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising CUDA call now raises
+    try:
+        add_sp_grad_(grads, params, anchors, alpha=0.1, beta=0.01, norm=norm)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    cpu = [[None if t is None else t.cpu() for t in ts] for ts in (grads, grads0, params, anchors)]
+    _assert_matches_float64(*cpu, 0.1, 0.01, norm)

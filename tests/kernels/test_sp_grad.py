@@ -147,7 +147,8 @@ def test_add_sp_grad_builds_no_plan_when_input_bad(use_triton):
                     reason="needs a CUDA device and TRITON_INTERPRET=0 (the interpreter reads host memory only)")
 @pytest.mark.parametrize("norm", ["l1", "l2"])
 def test_add_sp_grad_matches_float64_reference_without_host_sync_when_on_cuda(make_tensor_lists, norm):
-    grads, params, anchors = ([None if t is None else t.cuda() for t in ts] for ts in _random_inputs(make_tensor_lists))
+    inputs = _random_inputs(make_tensor_lists)
+    grads, params, anchors = ([None if t is None else t.cuda() for t in ts] for ts in inputs)
     add_sp_grad_(grads, params, anchors, alpha=0.1, beta=0.01, norm=norm)  # builds the table, compiles
     grads0 = [g.clone() for g in grads]
     torch.cuda.set_sync_debug_mode("error")  # any synchronising CUDA call now raises

@@ -67,6 +67,7 @@ class TrainerConfig:
     amp: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     channels_last: bool | None = None  # None: on for CUDA
     compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile backend (aot_eager: no code generation)
     feature_cache: bool = True  # train head-only stages on cached backbone features (spec 2)
     cudnn_benchmark: bool = True
     seed: int = 684

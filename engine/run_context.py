@@ -132,7 +132,7 @@ class RunContext:
         if not self.cfg.trainer.compile:
             return self.model
         torch._dynamo.reset()  # drop graphs guarded on the old requires_grad pattern (pytorch#139476)
-        return torch.compile(self.model)
+        return torch.compile(self.model, backend=self.cfg.trainer.compile_backend)
 
     def set_train_modes(self, plan: EpochPlan) -> None:
         """Training mode, except frozen blocks when the plan freezes their BatchNorm statistics."""

@@ -1,10 +1,15 @@
 """Shared fixtures: generated demo data and CPU cell configs on tiny backbones (32 px, fp32)."""
 from __future__ import annotations
 
-import pytest
+import os
 
-from engine.config import load_cell_config
-from engine.data.synthetic import make_demo_dataset
+# Triton reads this when it is first imported, and importing torchvision imports it: set it before.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from engine.config import load_cell_config  # noqa: E402
+from engine.data.synthetic import make_demo_dataset  # noqa: E402
 
 TINY_BACKBONES = ("tiny_resnet", "tiny_densenet", "tiny_vgg")
 

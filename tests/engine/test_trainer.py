@@ -1,0 +1,89 @@
+import json
+
+import pytest
+import torch
+
+from engine import trainer
+from engine.data.sources import load_index
+from engine.run_context import build_context
+from engine.trainer import cell_dir, train_cell
+
+
+def _rows(cfg):
+    return [json.loads(line) for line in (cell_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_cell_writes_config_metrics_result_and_best_checkpoint(cpu_cell_config):
+    cfg = cpu_cell_config("trainer.max_steps_per_epoch=2")
+    result = train_cell(cfg)
+    out = cell_dir(cfg)
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.jsonl", "result.json", "best.pt", "last.pt"}
+    assert json.loads((out / "result.json").read_text()) == result
+    assert result["classes"] == ["checkers", "circles", "stripes"]
+    assert set(result["test"]) >= {"accuracy", "balanced_accuracy", "macro_f1", "auroc", "kappa", "confusion_matrix"}
+    assert sum(map(sum, result["test"]["confusion_matrix"])) == result["test"]["samples"]
+    rows = _rows(cfg)
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for key in ("train/loss", "val/accuracy", "perf/img_per_s", "perf/compute_img_per_s", "perf/data_wait_frac"):
+        assert all(key in r for r in rows), key
+    assert train_cell(cfg) == result  # a finished cell is not trained again
+
+
+def test_ft_changes_the_backbone(cpu_cell_config):
+    cfg = cpu_cell_config("trainer.max_steps_per_epoch=2", "trainer.epochs=1")
+    initial = build_context(cfg, load_index(cfg.data)).model.state_dict()
+    train_cell(cfg)
+    trained = torch.load(cell_dir(cfg) / "last.pt", weights_only=False)["model"]
+    assert not torch.equal(initial["conv1.weight"], trained["conv1.weight"])
+    assert not torch.equal(initial["layer1.0.bn1.running_mean"], trained["layer1.0.bn1.running_mean"])
+
+
+def test_early_stopping_stops_after_patience_without_improvement(cpu_cell_config):
+    # lr 0: the weights never change, so validation never improves after epoch 0.
+    cfg = cpu_cell_config("optim.lr=0.0", "trainer.epochs=6", "trainer.patience=2", "trainer.max_steps_per_epoch=1")
+    result = train_cell(cfg)
+    assert [r["epoch"] for r in _rows(cfg)] == [0, 1, 2]
+    assert result["stopped_early"] and result["best_epoch"] == 0
+
+
+@pytest.mark.parametrize("strategy, backbone", [("ft", "tiny_vgg"), ("lp_ft", "tiny_resnet")])
+def test_resume_after_interruption_equals_uninterrupted_run(cpu_cell_config, tmp_path, monkeypatch, strategy,
+                                                            backbone):
+    overrides = ("trainer.epochs=4", "trainer.deterministic=true", "trainer.max_steps_per_epoch=2",
+                 "strategy.name=" + strategy)
+    whole = cpu_cell_config(*overrides, backbone=backbone, out=tmp_path / "whole")
+    expected = train_cell(whole)
+
+    resumed = cpu_cell_config(*overrides, backbone=backbone, out=tmp_path / "resumed")
+    run_epoch = trainer._run_epoch
+
+    def killed_at_epoch_2(ctx, loaders, plan, epoch, *args):
+        if epoch == 2:
+            raise KeyboardInterrupt("killed")
+        return run_epoch(ctx, loaders, plan, epoch, *args)
+    monkeypatch.setattr(trainer, "_run_epoch", killed_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_cell(resumed)
+    assert [r["epoch"] for r in _rows(resumed)] == [0, 1]
+    monkeypatch.setattr(trainer, "_run_epoch", run_epoch)
+    got = train_cell(resumed)
+
+    assert got["test"] == expected["test"]
+    assert [r["train/loss"] for r in _rows(resumed)] == [r["train/loss"] for r in _rows(whole)]
+    final = torch.load(cell_dir(resumed) / "last.pt", weights_only=False)["model"]
+    reference = torch.load(cell_dir(whole) / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(final[k], reference[k]) for k in reference)
+
+
+def test_small_cell_learns_synthetic_data_well_above_chance(cpu_cell_config):
+    cfg = cpu_cell_config("trainer.epochs=8", "trainer.patience=8", "optim.lr=0.003", "data.train_batch_size=8",
+                          backbone="tiny_densenet")
+    result = train_cell(cfg)
+    assert result["test"]["accuracy"] >= 0.7, result["test"]  # chance is 1/3
+
+
+def test_non_finite_loss_fails_the_cell_with_its_epoch(cpu_cell_config, monkeypatch):
+    from engine import epochs
+    monkeypatch.setattr(epochs.F, "cross_entropy", lambda logits, labels: logits.sum() * float("nan"))
+    with pytest.raises(FloatingPointError, match="epoch 0"):
+        train_cell(cpu_cell_config("trainer.max_steps_per_epoch=1"))

@@ -8,12 +8,13 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["engine*", "kernels*", "strategies*", "configs*"]),
     package_data={"configs": ["*.yaml"]},
-    install_requires=["torch", "torchvision", "numpy", "pillow", "pyyaml"],
+    install_requires=["torch", "torchvision", "numpy", "pillow", "pyyaml", "matplotlib"],
     extras_require={
         "dali": ["nvidia-dali-cuda130"],
         "deepspeed": ["deepspeed"],
         "wandb": ["wandb"],
-        "dev": ["pytest", "pytest-timeout"],
+        # The tests exercise the real DALI (CPU mode), DeepSpeed (gloo) and W&B (offline).
+        "dev": ["pytest", "pytest-timeout", "nvidia-dali-cuda130", "deepspeed", "wandb"],
     },
     entry_points={"console_scripts": ["medft = engine.cli:main"]},
 )

@@ -74,9 +74,9 @@ class RowWriter:
 
     def add(self, case: str, variant: str, samples: list[float], unit: str, baseline: str = "",
             baseline_value: float | None = None, floor: float | None = None,
-            higher_is_better: bool = False) -> dict:
-        """Adds a row from raw samples (already in `unit`); the median is the value."""
-        value = statistics.median(samples)
+            higher_is_better: bool = False, statistic: Callable[[list[float]], float] = statistics.median) -> dict:
+        """Adds a row from raw samples (already in `unit`); `statistic` of them (the median) is the value."""
+        value = statistic(samples)
         vs = None
         if baseline_value:
             vs = value / baseline_value if higher_is_better else baseline_value / value

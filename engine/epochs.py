@@ -111,16 +111,22 @@ def run_train_epoch(ctx: RunContext, loader, plan: EpochPlan, epoch: int, forwar
 
 
 @torch.no_grad()
-def evaluate(ctx: RunContext, loader) -> dict:
-    """Metrics of the current weights on every sample of `loader` (eval mode), plus the loss."""
+def evaluate(ctx: RunContext, loader, forward=None) -> dict:
+    """Metrics of the current weights on every sample of `loader` (eval mode), plus the loss.
+
+    Args:
+        forward: the module batches go through (default: the run's model); the head when the
+            loader serves cached features.
+    """
     ctx.model.eval()
+    forward = forward or ctx.forward
     probs, labels = [], []
     for batch in loader:
         if batch.labels.numel() == 0:
             continue
         images, y = ctx.to_device(batch.images, batch.labels)
         with ctx.autocast():
-            logits = ctx.forward(images)
+            logits = forward(images)
         probs.append(logits.float().softmax(dim=1))
         labels.append(y)
     if not labels:

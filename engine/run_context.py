@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from engine.config import CellConfig
-from engine.feature_cache import FeatureCache, build_feature_cache, cache_applies
+from engine.feature_cache import build_feature_cache, cache_applies
 from engine.models import block_modules, create_backbone, features_and_head, model_blocks, model_layout
 from engine.optim import build_optimizer, epoch_lr, param_groups, set_group_lrs, trainable_param_names
 from strategies import create_strategy
@@ -50,6 +50,16 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.deterministic = True
 
 
+@dataclass(frozen=True)
+class EpochInputs:
+    """What one epoch trains and validates on, and through which module."""
+
+    train: object  # Batches
+    val: object  # Batches
+    train_forward: nn.Module
+    eval_forward: nn.Module
+
+
 @dataclass
 class RunContext:
     cfg: CellConfig
@@ -67,7 +77,7 @@ class RunContext:
     plan: EpochPlan | None = None
     trainable_names: list[str] = field(default_factory=list)
     trainable_params: list[nn.Parameter] = field(default_factory=list)
-    feature_cache: tuple[frozenset, FeatureCache, nn.Module] | None = None  # (trainable set, cache, head)
+    cached_inputs: tuple[frozenset, EpochInputs] | None = None  # the feature caches of a head-only stage
     counters: dict = field(default_factory=lambda: {"train_s": 0.0, "train_images": 0, "skipped_images": 0})
 
     def autocast(self):
@@ -113,20 +123,25 @@ class RunContext:
         self.plan = plan
         return plan
 
-    def train_inputs(self, plan: EpochPlan, loaders) -> tuple[object, nn.Module]:
-        """The epoch's training batches and the module they go through: the feature cache and the
-        head when the plan allows it, else the image loader and the whole model."""
+    def epoch_inputs(self, plan: EpochPlan, loaders, index) -> EpochInputs:
+        """The epoch's batches and the module they go through: cached features and the head when
+        the plan allows it (train and validation alike), else the image loaders and the model."""
         cfg = self.cfg
         head = self.layout.blocks[self.layout.head_block]
         if not (cfg.trainer.feature_cache and cache_applies(plan, cfg.data.augment, self.trainable_names, head)):
-            self.feature_cache = None
-            return loaders.train, self.forward
-        if self.feature_cache is None or self.feature_cache[0] != plan.trainable:
-            features, head = features_and_head(self.model, cfg.model.backbone, cfg.model.head_scope)
-            cache = build_feature_cache(features, loaders.train_in_order, self.autocast, self.to_device,
-                                        cfg.data.train_batch_size, cfg.trainer.seed, loaders.train_sources)
-            self.feature_cache = (plan.trainable, cache, head)
-        return self.feature_cache[1], self.feature_cache[2]
+            self.cached_inputs = None
+            return EpochInputs(loaders.train, loaders.val, self.forward, self.forward)
+        if self.cached_inputs is None or self.cached_inputs[0] != plan.trainable:
+            features, head_module = features_and_head(self.model, cfg.model.backbone, cfg.model.head_scope)
+            data = cfg.data
+
+            def cache(ordered, split, batch_size, shuffle):
+                return build_feature_cache(features, ordered, self.autocast, self.to_device, batch_size,
+                                           cfg.trainer.seed, shuffle, [s.source for s in index.splits[split]])
+            inputs = EpochInputs(cache(loaders.train_in_order, "train", data.train_batch_size, True),
+                                 cache(loaders.val, "val", data.eval_batch_size, False), head_module, head_module)
+            self.cached_inputs = (plan.trainable, inputs)
+        return self.cached_inputs[1]
 
     def _compiled(self) -> nn.Module:
         if not self.cfg.trainer.compile:

@@ -98,20 +98,22 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None) -> d
         if plan is not None and new_plan.phase != plan.phase:
             stopper.new_phase()
         plan = ctx.apply_plan(new_plan, epoch, calibration_loader=loaders.train)
-        row = _run_epoch(ctx, loaders, plan, epoch, stopper, out)
+        row = _run_epoch(ctx, loaders, index, plan, epoch, stopper, out)
         tracker.log(row, step=epoch)
     result = _finish(ctx, loaders, stopper, out, stopped_early)
     tracker.summary(result)
     return result
 
 
-def _run_epoch(ctx: RunContext, loaders, plan: EpochPlan, epoch: int, stopper: EarlyStopping, out: Path) -> dict:
+def _run_epoch(ctx: RunContext, loaders, index, plan: EpochPlan, epoch: int, stopper: EarlyStopping,
+               out: Path) -> dict:
     start = time.perf_counter()
-    train_batches, forward = ctx.train_inputs(plan, loaders)
-    cache_s = time.perf_counter() - start  # building the LP feature cache, when this epoch does
-    train_stats = run_train_epoch(ctx, train_batches, plan, epoch, forward)
-    train_stats["perf/feature_cache_s"] = cache_s
-    val = evaluate(ctx, loaders.val)
+    inputs = ctx.epoch_inputs(plan, loaders, index)
+    cache_s = time.perf_counter() - start  # building the LP feature caches, when this epoch does
+    train_stats = run_train_epoch(ctx, inputs.train, plan, epoch, inputs.train_forward)
+    start = time.perf_counter()
+    val = evaluate(ctx, inputs.val, inputs.eval_forward)
+    train_stats.update({"perf/feature_cache_s": cache_s, "perf/val_s": time.perf_counter() - start})
     monitored = val[ctx.cfg.trainer.monitor]
     if not math.isfinite(train_stats["train/loss"]):
         raise FloatingPointError(f"non-finite training loss at epoch {epoch}")

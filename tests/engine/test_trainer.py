@@ -57,10 +57,10 @@ def test_resume_after_interruption_equals_uninterrupted_run(cpu_cell_config, tmp
     resumed = cpu_cell_config(*overrides, backbone=backbone, out=tmp_path / "resumed")
     run_epoch = trainer._run_epoch
 
-    def killed_at_epoch_2(ctx, loaders, plan, epoch, *args):
+    def killed_at_epoch_2(ctx, loaders, index, plan, epoch, *rest):
         if epoch == 2:
             raise KeyboardInterrupt("killed")
-        return run_epoch(ctx, loaders, plan, epoch, *args)
+        return run_epoch(ctx, loaders, index, plan, epoch, *rest)
     monkeypatch.setattr(trainer, "_run_epoch", killed_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train_cell(resumed)

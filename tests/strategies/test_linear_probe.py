@@ -49,6 +49,7 @@ def test_lp_feature_cache_is_off_when_augmentation_is_on(cpu_cell_config):
     ctx = build_context(cfg, index)
     loaders = build_loaders(index, cfg.data, cfg.trainer.seed, ctx.device)
     plan = ctx.apply_plan(ctx.strategy.plan(Progress(0, 2)), 0)
-    batches, forward = ctx.train_inputs(plan, loaders)
-    assert batches is loaders.train and forward is ctx.model
+    inputs = ctx.epoch_inputs(plan, loaders, index)
+    assert inputs.train is loaders.train and inputs.val is loaders.val
+    assert inputs.train_forward is ctx.model and inputs.eval_forward is ctx.model
 

@@ -1,0 +1,29 @@
+"""bench/train_step.py and bench/strategies.py at a tiny size on CPU: rows complete, ratios present."""
+import json
+
+from bench import strategies, train_step
+from bench._rows import ROW_FIELDS
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_train_step_bench_rows_compare_medft_with_the_bare_loop(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    train_step.main(["--backbone", "tiny_resnet", "--batch", "4", "--size", "32", "--device", "cpu",
+                     "--warmup", "1", "--repeats", "2", "--out", str(out), "--check"])
+    rows = _rows(out)
+    assert [r["variant"] for r in rows] == ["bare_pytorch", "medft_train_step"]
+    assert all(set(ROW_FIELDS) <= set(r) for r in rows)
+    assert rows[1]["vs_baseline"] == rows[1]["value"] / rows[0]["value"] and rows[1]["unit"] == "img/s"
+
+
+def test_strategies_bench_reports_the_lp_cache_ratio(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    strategies.main(["--backbone", "tiny_vgg", "--size", "32", "--epochs", "2", "--per-class", "6", "--workers", "0",
+                     "--device", "cpu", "--out", str(out)])
+    rows = _rows(out)
+    assert [r["variant"] for r in rows] == ["lp_uncached", "lp_feature_cache"]
+    assert all(set(ROW_FIELDS) <= set(r) for r in rows)
+    assert rows[1]["vs_baseline"] == rows[0]["value"] / rows[1]["value"] > 0

@@ -5,16 +5,21 @@ CenterCrop(crop) -> ToTensor -> Normalize(mean, std), grayscale replicated to 3 
 `images.open_rgb`), no augmentation unless `augment` (then a horizontal flip with p=0.5 and a
 rotation of up to 10 degrees, on train only, after the crop).
 
-The loop sees only the `Batches` protocol, which the DALI and GPU-cache backends will also
-implement. Reproducibility does not depend on global RNG state:
+The loop sees only the `Batches` protocol, which the DALI (`dali.py`) and GPU-cache
+(`gpu_cache.py`) backends also implement; `build_loaders` picks one by `cfg.loader`.
+Reproducibility does not depend on global RNG state or on the backend:
 - train order is a permutation drawn from (seed, epoch);
-- augmentation draws from (seed, epoch, sample position), so it is the same whichever worker
-  decodes the sample;
+- augmentation draws from (seed, epoch, sample position) (`augment_draw`), so it is the same
+  whichever worker decodes the sample;
 - DataLoader's worker base seed comes from a private generator seeded with `seed`.
 So a run resumed at epoch e sees exactly the batches the uninterrupted run saw.
+
+Sharding over several processes (`shard=(rank, world)`) is `sharding.py`'s, the same for every
+backend.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -30,10 +35,12 @@ from torchvision.transforms import functional as TF
 
 from engine.config import DataConfig
 from engine.data.images import BadImageError, open_rgb
+from engine.data.sharding import check_shard, epoch_order, shard_batches  # noqa: F401 (epoch_order: re-exported)
 from engine.data.sources import SPLITS, DatasetIndex
 
-BUILT_LOADERS = ("torchvision", "auto")  # 'auto' means torchvision until other backends exist
+LOADERS = ("auto", "torchvision", "dali", "gpu_cache")
 MAX_ROTATION_DEG = 10.0  # the spec's "small rotations"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,9 @@ class Batches(Protocol):
 @dataclass(frozen=True)
 class Loaders:
     """The three splits, plus the train split in index order without augmentation (the LP feature
-    cache runs the backbone over it once) and the train samples' sources."""
+    cache runs the backbone over it once) and the train samples' sources. With several processes,
+    train/val/test are this rank's shards and `train_in_order` is the whole train split on every
+    rank: a rank's train batches draw from all of it over the epochs."""
 
     train: Batches
     val: Batches
@@ -81,37 +90,73 @@ class Loaders:
     train_sources: list
 
 
-def build_loaders(index: DatasetIndex, cfg: DataConfig, seed: int, device: torch.device) -> Loaders:
-    """Builds the three split loaders of `index`.
+def build_loaders(index: DatasetIndex, cfg: DataConfig, seed: int, device: torch.device,
+                  shard: tuple[int, int] = (0, 1), dtype: torch.dtype = torch.float32) -> Loaders:
+    """Builds the three split loaders of `index` with the backend `cfg.loader` names.
 
     Args:
         index: from `sources.load_index`.
         cfg: transform, batch sizes, workers, loader backend and `on_bad_image`.
         seed: the cell's seed; fixes train order and augmentation per epoch.
         device: where batches go; pinned host memory when it is CUDA.
+        shard: (rank, world): this process's share (`sharding.py`); `sharding.launcher_shard()`
+            reads it from the launcher's environment.
+        dtype: image dtype of the DALI and GPU-cache backends, which hand over tensors already
+            on `device` (the AMP dtype on CUDA); the torchvision backend yields float32.
 
     Returns:
         Loaders whose train split is shuffled per epoch and val/test are in order, complete.
 
     Raises:
-        ValueError: naming the field, for a backend that is not built yet or a bad value.
+        ValueError: naming the field, for an unknown backend or a bad value.
+        ImportError: for `loader='dali'` without nvidia-dali, saying what to install.
     """
     _check_config(cfg)
+    check_shard(shard)
+    loader, why = choose_loader(index, cfg, device)
+    if cfg.loader == "auto":
+        log.info("data.loader=auto -> %s: %s", loader, why)
+    if loader == "dali":
+        from engine.data.dali import build_dali_loaders
+        return build_dali_loaders(index, cfg, seed, device, shard, dtype)
+    if loader == "gpu_cache":
+        from engine.data.gpu_cache import build_gpu_cache_loaders
+        return build_gpu_cache_loaders(index, cfg, seed, device, shard, dtype)
     built = {}
     for split in SPLITS:
         is_train = split == "train"
         dataset = _SampleDataset(index, split, cfg, seed, augment=is_train and cfg.augment)
         batch_size = cfg.train_batch_size if is_train else cfg.eval_batch_size
-        built[split] = TorchBatches(dataset, batch_size, seed, is_train, cfg, device)
+        built[split] = TorchBatches(dataset, batch_size, seed, is_train, cfg, device, shard)
     in_order = TorchBatches(_SampleDataset(index, "train", cfg, seed, augment=False), cfg.eval_batch_size, seed,
                             False, cfg, device)
     return Loaders(**built, train_in_order=in_order, train_sources=[s.source for s in index.splits["train"]])
 
 
+def choose_loader(index: DatasetIndex, cfg: DataConfig, device: torch.device) -> tuple[str, str]:
+    """The backend to use and why: `cfg.loader`, or for 'auto' the fastest that fits.
+
+    'auto' picks gpu_cache on CUDA when the whole dataset's crops fit in free GPU memory, else
+    dali when nvidia-dali imports, else torchvision.
+    """
+    if cfg.loader != "auto":
+        return cfg.loader, "configured"
+    from engine.data.dali import dali_available
+    from engine.data.gpu_cache import cache_bytes, fits_on_device
+
+    if device.type == "cuda":
+        nbytes = sum(cache_bytes(len(index.splits[s]), cfg.crop) for s in SPLITS)
+        if fits_on_device(nbytes, device):
+            return "gpu_cache", f"CUDA device and the decoded crops ({nbytes / 2**20:.0f} MiB) fit in its free memory"
+    if dali_available():
+        return "dali", "nvidia-dali is importable" + (" (dataset too large for gpu_cache)" if device.type == "cuda"
+                                                       else " (no CUDA device: CPU pipeline)")
+    return "torchvision", "nvidia-dali is not installed"
+
+
 def _check_config(cfg: DataConfig) -> None:
-    if cfg.loader not in BUILT_LOADERS:
-        raise ValueError(f"data.loader='{cfg.loader}': that backend is not built yet; "
-                         f"use one of {list(BUILT_LOADERS)}")
+    if cfg.loader not in LOADERS:
+        raise ValueError(f"data.loader='{cfg.loader}' is not a backend; use one of {list(LOADERS)}")
     if cfg.num_workers < 0 or cfg.train_batch_size < 1 or cfg.eval_batch_size < 1:
         raise ValueError("data.num_workers must be >= 0 and data.train_batch_size, "
                          f"data.eval_batch_size >= 1, got {cfg.num_workers}, "
@@ -124,33 +169,30 @@ def _check_config(cfg: DataConfig) -> None:
         raise ValueError(f"data.mean and data.std need 3 values, std > 0; got {cfg.mean}, {cfg.std}")
 
 
-def epoch_order(num_samples: int, seed: int, epoch: int, batch_size: int, shuffle: bool) -> np.ndarray:
-    """The sample positions of one epoch: a (seed, epoch) permutation when shuffling, else in order.
-
-    A shuffled order whose last batch would hold a single sample leaves that sample out for this
-    epoch (it is another one every epoch): BatchNorm cannot train on a batch of one.
-    """
-    if not shuffle:
-        return np.arange(num_samples)
-    order = np.random.default_rng([seed, epoch]).permutation(num_samples)
-    return order[:-1] if num_samples % batch_size == 1 and num_samples > 1 else order
+def augment_draw(seed: int, epoch: int, position: int) -> tuple[bool, float]:
+    """(horizontal flip, rotation in degrees counter-clockwise) of one sample in one epoch."""
+    rng = np.random.default_rng([seed, epoch, position])
+    flip = bool(rng.random() < 0.5)
+    return flip, float(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
 
 
-class _EpochSampler(Sampler):
-    """Yields (epoch, position) keys in `epoch_order`."""
+class _EpochBatchSampler(Sampler):
+    """Yields each batch of `shard_batches` as a list of (epoch, position) keys."""
 
-    def __init__(self, num_samples: int, seed: int, batch_size: int, shuffle: bool):
-        self.num_samples, self.seed, self.batch_size, self.shuffle, self.epoch = (
-            num_samples, seed, batch_size, shuffle, 0)
+    def __init__(self, num_samples: int, seed: int, batch_size: int, shuffle: bool, shard: tuple[int, int]):
+        self.num_samples, self.seed, self.batch_size, self.shuffle, self.shard, self.epoch = (
+            num_samples, seed, batch_size, shuffle, shard, 0)
+
+    def _batches(self) -> list[np.ndarray]:
+        return shard_batches(self.num_samples, self.seed, self.epoch, self.batch_size, self.shuffle, self.shard)
 
     def __iter__(self):
-        order = epoch_order(self.num_samples, self.seed, self.epoch, self.batch_size, self.shuffle)
         # The epoch travels with each key because persistent workers keep their own
         # copy of the dataset: this is how they learn it.
-        return ((self.epoch, int(i)) for i in order)
+        return ([(self.epoch, int(i)) for i in batch] for batch in self._batches())
 
     def __len__(self) -> int:
-        return len(epoch_order(self.num_samples, self.seed, self.epoch, self.batch_size, self.shuffle))
+        return len(self._batches())
 
 
 class _SampleDataset(Dataset):
@@ -161,7 +203,7 @@ class _SampleDataset(Dataset):
         self.images = index.arrays[split] if index.arrays is not None else None
         self.origin = f"{index.root}:{split}_images"
         self.seed, self.augment = seed, augment
-        self.resize_crop = transforms.Compose([transforms.Resize(cfg.resize), transforms.CenterCrop(cfg.crop)])
+        self.resize_crop = protocol_resize_crop(cfg)
         self.to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)])
 
     def __len__(self) -> int:
@@ -171,27 +213,36 @@ class _SampleDataset(Dataset):
         epoch, position = key
         sample = self.samples[position]
         try:
-            image = self._read(sample.source)
+            image = self.resize_crop(read_sample(sample.source, self.images))
         except BadImageError as error:
             return None, sample.label, error.path, error.reason
-        image = self.resize_crop(image)
         if self.augment:
-            image = _augment(image, np.random.default_rng([self.seed, epoch, position]))
+            image = _augment(image, *augment_draw(self.seed, epoch, position))
         return self.to_tensor(image), sample.label, "", ""
 
-    def _read(self, source: str | int) -> Image.Image:
-        if self.images is None:
-            return open_rgb(source)
-        pixels = self.images[source]
-        if pixels.ndim == 3 and pixels.shape[2] == 1:
-            pixels = pixels[..., 0]  # PIL has no (H,W,1) mode
-        return Image.fromarray(pixels).convert("RGB")
+
+def protocol_resize_crop(cfg: DataConfig) -> transforms.Compose:
+    """The protocol's Resize(resize, shorter side) -> CenterCrop(crop) on PIL images."""
+    return transforms.Compose([transforms.Resize(cfg.resize), transforms.CenterCrop(cfg.crop)])
 
 
-def _augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    if rng.random() < 0.5:
+def read_sample(source: str | int, images: np.ndarray | None) -> Image.Image:
+    """A sample as an 8-bit RGB PIL image: the file `source`, or row `source` of `images` (npz).
+
+    Raises:
+        BadImageError: naming the file when it cannot be decoded.
+    """
+    if images is None:
+        return open_rgb(source)
+    pixels = images[source]
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[..., 0]  # PIL has no (H,W,1) mode
+    return Image.fromarray(pixels).convert("RGB")
+
+
+def _augment(image: Image.Image, flip: bool, angle: float) -> Image.Image:
+    if flip:
         image = TF.hflip(image)
-    angle = float(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
     return TF.rotate(image, angle, interpolation=InterpolationMode.BILINEAR)
 
 
@@ -208,14 +259,14 @@ class TorchBatches:
     """`Batches` over a torch DataLoader (num_workers processes; 0 = the main process)."""
 
     def __init__(self, dataset: _SampleDataset, batch_size: int, seed: int, shuffle: bool,
-                 cfg: DataConfig, device: torch.device):
+                 cfg: DataConfig, device: torch.device, shard: tuple[int, int] = (0, 1)):
         self.num_samples = len(dataset)
         self.on_bad_image = cfg.on_bad_image
-        self._sampler = _EpochSampler(len(dataset), seed, batch_size, shuffle)
+        self._sampler = _EpochBatchSampler(len(dataset), seed, batch_size, shuffle, shard)
         self._loader = DataLoader(
-            dataset, batch_size=batch_size, sampler=self._sampler, num_workers=cfg.num_workers,
+            dataset, batch_sampler=self._sampler, num_workers=cfg.num_workers,
             collate_fn=partial(_collate, crop=cfg.crop), pin_memory=device.type == "cuda",
-            persistent_workers=cfg.num_workers > 0, drop_last=False,
+            persistent_workers=cfg.num_workers > 0,
             generator=torch.Generator().manual_seed(seed))  # keeps global RNG state untouched
 
     def __len__(self) -> int:

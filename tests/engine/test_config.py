@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.config import CellConfig, load_cell_config, to_dict, to_yaml
+from engine.config import CellConfig, load_cell_config, to_yaml
 
 
 def test_config_defaults_follow_the_spec_protocol():
@@ -60,12 +60,15 @@ def test_config_error_names_the_file(tmp_path):
 
 
 def test_configs_every_shipped_yaml_loads():
+    from engine.grid_config import cell_keys, load_grid_config
+
     root = Path(str(resources.files("configs")))
     found = sorted(root.rglob("*.yaml"))
-    assert len(found) == 1, found  # demo.yaml; update when presets are added
+    assert [p.name for p in found] == ["demo.yaml", "paper.yaml"]  # grid presets; update when presets are added
     for path in found:
         data = yaml.safe_load(path.read_text())
-        assert to_dict(load_cell_config(path))["data"]["crop"] == data["data"]["crop"]
+        grid = load_grid_config(path)
+        assert grid.cell == data.get("cell", {}) and len(cell_keys(grid)) > 1
 
 
 def test_config_every_section_is_a_dataclass_with_defaults():

@@ -161,7 +161,8 @@ class DaliCropDecoder:
         except RuntimeError as error:
             log.warning("DALI failed on a batch of %d; decoding it sample by sample (%s)",
                         len(positions), str(error).strip().splitlines()[-1][:200])
-        # A failed run leaves the pipeline unusable: rebuild it, here and after each failure.
+        # DALI pipelines have kept failing after a first error (NVIDIA/DALI#2380); 2.4's CPU pipeline
+        # recovers, but rebuilding after each failure is cheap next to a bad batch and always safe.
         self._pipe = None
         crops, done, failed = [], [], []
         for i, position in enumerate(positions):

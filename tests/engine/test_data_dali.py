@@ -6,8 +6,10 @@ import logging
 import sys
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from engine.config import DataConfig
 from engine.data.dali import dali_available
@@ -15,7 +17,7 @@ from engine.data.images import BadImageError
 from engine.data.loaders import build_loaders
 from engine.data.sources import SPLITS, load_index
 from engine.data.synthetic import make_demo_dataset
-from tests.engine.conftest import CHEST_XRAY
+from tests.engine.conftest import CHEST_XRAY, encode
 
 skip_without_dali = pytest.mark.skipif(not dali_available(), reason="nvidia.dali is not importable")
 DALI_MARKS = (pytest.mark.dali, skip_without_dali)
@@ -66,6 +68,27 @@ def test_dali_matches_torchvision_within_one_level_in_the_same_order(split_folde
             getattr(dali, view).set_epoch(epoch)
             _assert_parity(getattr(reference, view), getattr(dali, view))
             assert len(getattr(reference, view)) == len(getattr(dali, view))
+
+
+@pytest.mark.dali
+@skip_without_dali
+def test_dali_matches_torchvision_on_non_square_and_exif_rotated_images(tmp_path):
+    # Sizes whose resized long side truncates (torchvision: int(36 * long / short)) and an EXIF
+    # orientation tag, which PIL (the reference) does not apply.
+    rng = np.random.default_rng(7)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    for i, (height, width) in enumerate([(50, 37), (37, 50), (61, 40), (40, 61), (45, 45), (39, 58)]):
+        ramp = np.add.outer(np.arange(height), 2 * np.arange(width)).astype(np.float64)
+        pixels = np.clip(ramp[..., None] * [1.5, 1.0, 0.5] + rng.normal(0, 12, (height, width, 3)), 0, 255)
+        image = Image.fromarray(pixels.astype(np.uint8))
+        for label in ("a", "b"):
+            (tmp_path / label).mkdir(exist_ok=True)
+            data = encode(image, "JPEG", quality=95, exif=exif) if i % 2 else encode(image, "PNG")
+            (tmp_path / label / f"{i}.{'jpg' if i % 2 else 'png'}").write_bytes(data)
+    reference, dali = _both(tmp_path, split_fractions=(1.0, 0.0, 0.0))
+    _assert_parity(reference.train_in_order, dali.train_in_order)
+    assert dali.train_in_order.decoder.counts["dali"] == 12
 
 
 @pytest.mark.dali

@@ -48,7 +48,9 @@ class Batch:
     """One batch as the training loop receives it.
 
     Attributes:
-        images: float32 (B, 3, crop, crop), normalised with the config's mean and std.
+        images: (B, 3, crop, crop), normalised with the config's mean and std: float32 on the host
+            (torchvision backend), or on the device in the requested dtype with channels-last
+            memory (dali, gpu_cache).
         labels: int64 (B,).
         skipped: paths of this batch's samples that failed to decode (dropped, so B may be
             smaller than the batch size, even 0: the loop skips a batch without rows).

@@ -75,6 +75,10 @@ class TrainerConfig:
     device: str = "auto"
     out_dir: str = "runs"
     max_steps_per_epoch: int | None = None  # cap for smoke runs and benches; None = full epoch
+    # One cell trained by every rank of the launcher together (engine/distributed.py); the train
+    # batch size stays the global one and is divided among the ranks.
+    data_parallel: bool = False
+    zero_stage: int = 0
 
 
 @dataclass

@@ -33,12 +33,17 @@ def measure_norms(ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 def _backward(ctx: RunContext, images: torch.Tensor, labels: torch.Tensor, scaled: bool = True,
               forward=None) -> torch.Tensor:
-    """Forward, loss and backward; with fp16 the loss is scaled and the gradients unscaled again."""
+    """Forward, loss and backward; with fp16 the loss is scaled and the gradients unscaled again.
+
+    In data-parallel mode the DeepSpeed engine runs the backward and averages the gradients.
+    """
     with ctx.autocast():
         logits = (forward or ctx.forward)(images)
     loss = F.cross_entropy(logits.float(), labels)
     ctx.model.zero_grad(set_to_none=True)
-    if scaled:
+    if scaled and ctx.engine is not None:
+        ctx.engine.backward(loss)
+    elif scaled:
         ctx.scaler.scale(loss).backward()
         ctx.scaler.unscale_(ctx.optimizer)
     else:
@@ -50,7 +55,8 @@ def train_step(ctx: RunContext, images: torch.Tensor, labels: torch.Tensor, step
                forward=None) -> torch.Tensor:
     loss = _backward(ctx, images, labels, forward=forward)
     plan = ctx.plan
-    ctx.strategy.extra_grad_(ctx.trainable_names, ctx.trainable_params, _grads(ctx))
+    if plan.extra_grad:
+        ctx.strategy.extra_grad_(ctx.trainable_names, ctx.trainable_params, _grads(ctx))
     if plan.norms_every_k_steps and (step + 1) % plan.norms_every_k_steps == 0:
         grad_norms, weight_norms, ratios = measure_norms(ctx)
         scales = ctx.strategy.update_scales(TensorNorms(tuple(ctx.trainable_names), grad_norms, weight_norms, ratios))
@@ -58,6 +64,9 @@ def train_step(ctx: RunContext, images: torch.Tensor, labels: torch.Tensor, step
             for group in ctx.optimizer.param_groups:
                 group["lr_scale"] = float(scales.get(group["name"], group["lr_scale"]))
             set_group_lrs(ctx.optimizer, epoch_lr(ctx.cfg.optim, epoch, ctx.cfg.trainer.epochs), plan.lr_factor)
+    if ctx.engine is not None:
+        ctx.engine.step()  # clips by its config's gradient_clipping
+        return loss
     if ctx.cfg.optim.grad_clip_norm:
         torch.nn.utils.clip_grad_norm_(ctx.trainable_params, ctx.cfg.optim.grad_clip_norm, foreach=True)
     ctx.scaler.step(ctx.optimizer)
@@ -98,6 +107,9 @@ def run_train_epoch(ctx: RunContext, loader, plan: EpochPlan, epoch: int, forwar
         loss_sum += train_step(ctx, images, labels, step, epoch, forward) * labels.numel()
         images_seen += labels.numel()
         step += 1
+    if ctx.parallel is not None:  # every rank logs the loss of the whole epoch
+        totals = ctx.parallel.sum_(torch.stack([loss_sum, torch.tensor(float(images_seen), device=ctx.device)]))
+        loss_sum, images_seen = totals[0], int(totals[1].item())
     _sync(ctx.device)
     elapsed = time.perf_counter() - start
     ctx.counters["train_s"] += elapsed
@@ -129,9 +141,12 @@ def evaluate(ctx: RunContext, loader, forward=None) -> dict:
             logits = forward(images)
         probs.append(logits.float().softmax(dim=1))
         labels.append(y)
-    if not labels:
+    probs_t = torch.cat(probs) if probs else torch.empty(0, len(ctx.classes), device=ctx.device)
+    labels_t = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=ctx.device)
+    if ctx.parallel is not None:  # each rank saw its own shard: metrics come from their union
+        probs_t, labels_t = ctx.parallel.gather(probs_t), ctx.parallel.gather(labels_t)
+    if not labels_t.numel():
         raise ValueError("evaluation split has no readable image")
-    probs_t, labels_t = torch.cat(probs), torch.cat(labels)
     loss = F.nll_loss(probs_t.clamp_min(1e-12).log(), labels_t).item()
     metrics = classification_metrics(labels_t.cpu().numpy(), probs_t.cpu().numpy())
     return {"loss": loss, "samples": int(labels_t.numel()), **metrics}
@@ -170,5 +185,7 @@ def calibration_norms(ctx: RunContext, loader, plan: EpochPlan, epoch: int) -> T
     if count == 0:
         raise ValueError("no training batch for the strategy's calibration")
     sum_sq, _, _ = multi_tensor_norm(grad_sum, weights)
-    return TensorNorms(tuple(ctx.trainable_names), sums["norm"] / count, weight_sq.sqrt(), sums["ratio"] / count,
-                       mean_grad_norms=sum_sq.sqrt() / count, grad_sq_means=sums["sq"] / count)
+    fields = [sums["norm"] / count, weight_sq.sqrt(), sums["ratio"] / count, sum_sq.sqrt() / count, sums["sq"] / count]
+    if ctx.parallel is not None:  # the ranks measured different batches: they must agree on the scales
+        fields = [ctx.parallel.mean_(f) for f in fields]
+    return TensorNorms(tuple(ctx.trainable_names), *fields[:3], mean_grad_norms=fields[3], grad_sq_means=fields[4])

@@ -8,13 +8,13 @@ result equals uncached training within float tolerance.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from engine.data.loaders import Batch, epoch_order
+from engine.data.loaders import Batch
 
 
 def cache_applies(plan, augment: bool, trainable: list[str], head_params: tuple[str, ...]) -> bool:
@@ -23,51 +23,48 @@ def cache_applies(plan, augment: bool, trainable: list[str], head_params: tuple[
 
 
 class FeatureCache:
-    """`Batches` over cached features: same order, same batches as the image loader of the split.
+    """`Batches` over cached features: the same batches, in the same order, as the split's loader.
 
     Args:
-        features: (N, ...) features of the train split in index order (rows of unreadable images
-            are absent; `valid` marks which positions have a row).
-        labels: (N,) int64, aligned with `features`.
-        valid: (num_samples,) bool over all train positions.
-        batch_size, seed, shuffle: those of the split's loader; batches are cut from its epoch
-            order before unreadable positions are dropped, as the image loader does.
+        features: (R, ...) one row per cached sample.
+        labels: (R,) int64, aligned with `features`.
+        row_of: (num_samples,) int64: the row of each split position, -1 where none (an
+            unreadable image, or a position another data-parallel rank reads).
+        batches: epoch -> the positions of each batch, as the loader cuts them
+            (`sharding.shard_batches`); positions without a row are dropped, as the loader drops
+            unreadable images.
     """
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, valid: np.ndarray, batch_size: int, seed: int,
-                 shuffle: bool):
-        self.features, self.labels, self.valid = features, labels, valid
-        self.row_of = np.cumsum(valid) - 1  # position -> row in `features`
-        self.num_samples, self.batch_size, self.seed, self.shuffle, self.epoch = (
-            len(valid), batch_size, seed, shuffle, 0)
-
-    def _order(self) -> np.ndarray:
-        return epoch_order(self.num_samples, self.seed, self.epoch, self.batch_size, self.shuffle)
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, row_of: np.ndarray,
+                 batches: Callable[[int], list[np.ndarray]]):
+        self.features, self.labels, self.row_of, self.batches = features, labels, row_of, batches
+        self.num_samples, self.epoch = int((row_of >= 0).sum()), 0
 
     def __len__(self) -> int:
-        return -(-len(self._order()) // self.batch_size)
+        return len(self.batches(self.epoch))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[Batch]:
-        order = self._order()
-        for start in range(0, len(order), self.batch_size):
-            positions = order[start:start + self.batch_size]
-            rows = torch.as_tensor(self.row_of[positions[self.valid[positions]]], device=self.features.device)
+        for positions in self.batches(self.epoch):
+            rows = self.row_of[positions]
+            rows = torch.as_tensor(rows[rows >= 0], device=self.features.device)
             yield Batch(self.features[rows], self.labels[rows])
 
 
 @torch.no_grad()
-def build_feature_cache(features_module: nn.Module, ordered, autocast, to_device, batch_size: int,
-                        seed: int, shuffle: bool, sources: list) -> FeatureCache:
-    """Runs `features_module` (in eval mode) once over a split in index order.
+def build_feature_cache(features_module: nn.Module, ordered, positions: np.ndarray, sources: list, autocast,
+                        to_device, batches: Callable[[int], list[np.ndarray]]) -> FeatureCache:
+    """Runs `features_module` (in eval mode) once over the samples `ordered` yields.
 
     Args:
-        ordered: `Batches` of the split in index order, without augmentation.
+        ordered: `Batches` yielding the split's samples at `positions`, in that order, without
+            augmentation.
+        positions: the split positions `ordered` covers, in its order.
+        sources: every sample source of the split, to find the positions of skipped images.
         autocast, to_device: the run's precision context and input placement.
-        batch_size, seed, shuffle: how the cache serves the split (those of its loader).
-        sources: the split's sample sources, to find the positions of skipped (unreadable) images.
+        batches: how the cache serves the split (see `FeatureCache`).
     """
     features_module.eval()
     chunks, labels, skipped = [], [], set()
@@ -79,5 +76,7 @@ def build_feature_cache(features_module: nn.Module, ordered, autocast, to_device
         with autocast():
             chunks.append(features_module(images))
         labels.append(y)
-    valid = np.array([str(s) not in skipped for s in sources], dtype=bool)
-    return FeatureCache(torch.cat(chunks), torch.cat(labels), valid, batch_size, seed, shuffle)
+    kept = [p for p in positions if str(sources[p]) not in skipped]
+    row_of = np.full(len(sources), -1, dtype=np.int64)
+    row_of[np.asarray(kept, dtype=np.int64)] = np.arange(len(kept))
+    return FeatureCache(torch.cat(chunks), torch.cat(labels), row_of, batches)

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from engine.config import CellConfig
+from engine.distributed import DataParallel, init_data_parallel
+from engine.data.sharding import shard_batches
 from engine.feature_cache import build_feature_cache, cache_applies
 from engine.models import block_modules, create_backbone, features_and_head, model_blocks, model_layout
 from engine.optim import build_optimizer, epoch_lr, param_groups, set_group_lrs, trainable_param_names
@@ -72,6 +74,8 @@ class RunContext:
     amp_dtype: torch.dtype | None
     channels_last: bool
     scaler: torch.amp.GradScaler
+    parallel: DataParallel | None = None  # trainer.data_parallel: every rank trains this cell
+    engine: object = None  # the DeepSpeed engine over the model, in data-parallel mode
     forward: nn.Module = None
     optimizer: torch.optim.Optimizer = None
     plan: EpochPlan | None = None
@@ -79,6 +83,25 @@ class RunContext:
     trainable_params: list[nn.Parameter] = field(default_factory=list)
     cached_inputs: tuple[frozenset, EpochInputs] | None = None  # the feature caches of a head-only stage
     counters: dict = field(default_factory=lambda: {"train_s": 0.0, "train_images": 0, "skipped_images": 0})
+
+    @property
+    def is_main(self) -> bool:
+        """The process that writes the cell's files (always, outside data-parallel mode)."""
+        return self.parallel is None or self.parallel.is_main
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        return (self.parallel.rank, self.parallel.world) if self.parallel else (0, 1)
+
+    def rank_data_config(self):
+        """The data config of this rank: data-parallel ranks share the global train batch."""
+        if self.parallel is None:
+            return self.cfg.data
+        return replace(self.cfg.data, train_batch_size=self.cfg.data.train_batch_size // self.parallel.world)
+
+    def barrier(self) -> None:
+        if self.parallel is not None:
+            self.parallel.barrier()
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -116,6 +139,8 @@ class RunContext:
                 set(plan.lr_scales) != set(previous.lr_scales) or plan.weight_decay != previous.weight_decay:
             self.optimizer = build_optimizer(self.cfg.optim, param_groups(plan, self.layout, params),
                                              plan.weight_decay, self.device)
+            if self.parallel is not None:
+                self._wrap_data_parallel(plan)
         else:
             for group in self.optimizer.param_groups:
                 group["lr_scale"] = float(plan.lr_scales.get(group["name"], 1.0))
@@ -133,15 +158,33 @@ class RunContext:
             return EpochInputs(loaders.train, loaders.val, self.forward, self.forward)
         if self.cached_inputs is None or self.cached_inputs[0] != plan.trainable:
             features, head_module = features_and_head(self.model, cfg.model.backbone, cfg.model.head_scope)
-            data = cfg.data
+            seed, shard = cfg.trainer.seed, self.shard
 
-            def cache(ordered, split, batch_size, shuffle):
-                return build_feature_cache(features, ordered, self.autocast, self.to_device, batch_size,
-                                           cfg.trainer.seed, shuffle, [s.source for s in index.splits[split]])
-            inputs = EpochInputs(cache(loaders.train_in_order, "train", data.train_batch_size, True),
-                                 cache(loaders.val, "val", data.eval_batch_size, False), head_module, head_module)
+            def cache(ordered, split, batch_size, shuffle, positions):
+                samples = index.splits[split]
+                return build_feature_cache(
+                    features, ordered, positions, [s.source for s in samples], self.autocast, self.to_device,
+                    lambda epoch: shard_batches(len(samples), seed, epoch, batch_size, shuffle, shard))
+            n_train, n_val = len(index.splits["train"]), len(index.splits["val"])
+            val_positions = np.arange(n_val)[shard[0]::shard[1]]  # the rank's evaluation shard
+            # Every rank caches the whole train split: its batches draw from all of it.
+            inputs = EpochInputs(cache(loaders.train_in_order, "train", self.rank_data_config().train_batch_size,
+                                       True, np.arange(n_train)),
+                                 cache(loaders.val, "val", cfg.data.eval_batch_size, False, val_positions),
+                                 head_module, head_module)
             self.cached_inputs = (plan.trainable, inputs)
         return self.cached_inputs[1]
+
+    def _wrap_data_parallel(self, plan: EpochPlan) -> None:
+        if self.parallel.zero_stage > 0 and (plan.extra_grad or plan.calibration_batches or plan.norms_every_k_steps):
+            raise ValueError(f"strategy '{self.strategy.name}' reads or changes gradients, which ZeRO stage "
+                             f"{self.parallel.zero_stage} keeps partitioned: use trainer.zero_stage=0")
+        cfg = self.cfg
+        self.engine = self.parallel.wrap(self.model, self.optimizer, self.amp_dtype,
+                                         cfg.data.train_batch_size // self.parallel.world, cfg.optim.grad_clip_norm)
+        if cfg.trainer.compile:
+            self.engine.compile(backend=cfg.trainer.compile_backend)
+        self.forward = self.engine
 
     def _compiled(self) -> nn.Module:
         if not self.cfg.trainer.compile:
@@ -177,7 +220,11 @@ class RunContext:
 
 def build_context(cfg: CellConfig, index) -> RunContext:
     """Builds model, strategy and precision settings for one cell (the optimizer comes with a plan)."""
-    device = resolve_device(cfg.trainer.device)
+    parallel = init_data_parallel(cfg.trainer.zero_stage) if cfg.trainer.data_parallel else None
+    if parallel and cfg.data.train_batch_size % parallel.world:
+        raise ValueError(f"data.train_batch_size={cfg.data.train_batch_size} must divide among the "
+                         f"{parallel.world} data-parallel ranks")
+    device = parallel.device() if parallel else resolve_device(cfg.trainer.device)
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark and not cfg.trainer.deterministic
@@ -193,4 +240,5 @@ def build_context(cfg: CellConfig, index) -> RunContext:
     return RunContext(cfg=cfg, device=device, classes=list(index.classes), model=model, layout=layout,
                       block_modules=block_modules(model, cfg.model.backbone, cfg.model.head_scope),
                       strategy=strategy, amp_dtype=_AMP_DTYPES[amp], channels_last=channels_last,
-                      scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"))
+                      scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16" and parallel is None),
+                      parallel=parallel)

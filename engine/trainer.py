@@ -72,6 +72,9 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None) -> d
     last.pt (resume state), best.pt (best-validation weights) and result.json (atomically, last).
     A directory that already holds result.json is a finished cell: its result is returned.
 
+    In data-parallel mode (trainer.data_parallel) every rank calls this for the same cell; rank 0
+    writes the files.
+
     Args:
         tracker: receives every epoch's metrics and the final summary (default: none).
         index: an already loaded DatasetIndex (grid workers reuse it across cells).
@@ -80,11 +83,13 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None) -> d
     if (out / RESULT_FILE).is_file():
         return json.loads((out / RESULT_FILE).read_text())
     tracker = tracker or NullTracker()
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_text_atomic(to_yaml(cfg), out / CONFIG_FILE)
     index = index or load_index(cfg.data)
     ctx = build_context(cfg, index)
-    loaders = build_loaders(index, cfg.data, cfg.trainer.seed, ctx.device)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_text_atomic(to_yaml(cfg), out / CONFIG_FILE)
+    loaders = build_loaders(index, ctx.rank_data_config(), cfg.trainer.seed, ctx.device, shard=ctx.shard,
+                            dtype=ctx.amp_dtype or torch.float32)
     stopper = EarlyStopping(cfg.trainer.patience)
     start_epoch, plan = _resume(ctx, stopper, out)
     stopped_early = False
@@ -117,10 +122,20 @@ def _run_epoch(ctx: RunContext, loaders, index, plan: EpochPlan, epoch: int, sto
     monitored = val[ctx.cfg.trainer.monitor]
     if not math.isfinite(train_stats["train/loss"]):
         raise FloatingPointError(f"non-finite training loss at epoch {epoch}")
-    if stopper.update(monitored, epoch):
-        checkpoint.save_torch_atomic(ctx.model.state_dict(), out / BEST_CKPT)
+    is_best = stopper.update(monitored, epoch)
     row = {"epoch": epoch, **train_stats, **{f"val/{k}": v for k, v in val.items() if k != "confusion_matrix"},
            **ctx.strategy_log(plan)}
+    if ctx.is_main:
+        _save_epoch(ctx, plan, epoch, stopper, row, out, is_best)
+    log.info("epoch %d %s loss %.4f val %s %.4f (%.0f img/s)", epoch, plan.phase, row["train/loss"],
+             ctx.cfg.trainer.monitor, monitored, row["perf/img_per_s"])
+    return row
+
+
+def _save_epoch(ctx: RunContext, plan: EpochPlan, epoch: int, stopper: EarlyStopping, row: dict, out: Path,
+                is_best: bool) -> None:
+    if is_best:
+        checkpoint.save_torch_atomic(ctx.model.state_dict(), out / BEST_CKPT)
     # The resume state is saved before the metrics line: a restart redoes at most this epoch.
     checkpoint.save_torch_atomic({
         "epoch": epoch + 1, "model": ctx.model.state_dict(), "optimizer": ctx.optimizer.state_dict(),
@@ -128,16 +143,14 @@ def _run_epoch(ctx: RunContext, loaders, index, plan: EpochPlan, epoch: int, sto
         "stopper": asdict(stopper), "rng": checkpoint.rng_state()}, out / LAST_CKPT)
     with (out / METRICS_FILE).open("a") as f:
         f.write(json.dumps(row) + "\n")
-    log.info("epoch %d %s loss %.4f val %s %.4f (%.0f img/s)", epoch, plan.phase, row["train/loss"],
-             ctx.cfg.trainer.monitor, monitored, row["perf/img_per_s"])
-    return row
 
 
 def _resume(ctx: RunContext, stopper: EarlyStopping, out: Path) -> tuple[int, EpochPlan | None]:
     """Restores the last completed epoch, if any: (next epoch, the plan it ran under)."""
     state = checkpoint.load_resume_state(out / LAST_CKPT)
     if state is None:
-        (out / METRICS_FILE).unlink(missing_ok=True)
+        if ctx.is_main:
+            (out / METRICS_FILE).unlink(missing_ok=True)
         return 0, None
     epoch = state["epoch"]
     ctx.model.load_state_dict(state["model"])
@@ -145,12 +158,16 @@ def _resume(ctx: RunContext, stopper: EarlyStopping, out: Path) -> tuple[int, Ep
     plan_fields = state["plan"]
     plan = EpochPlan(**{**plan_fields, "trainable": frozenset(plan_fields["trainable"])})
     ctx.apply_plan(plan, epoch - 1)  # as it ran: the saved plan already holds calibrated scales
-    ctx.optimizer.load_state_dict(state["optimizer"])
+    if ctx.parallel is None or ctx.parallel.zero_stage == 0:
+        ctx.optimizer.load_state_dict(state["optimizer"])
+    else:  # rank 0's optimizer state is one partition of ZeRO's: the others cannot use it
+        log.warning("resuming %s with fresh optimizer state (ZeRO stage %d)", out.name, ctx.parallel.zero_stage)
     ctx.scaler.load_state_dict(state["scaler"])
     for key, value in state["stopper"].items():
         setattr(stopper, key, value)
     checkpoint.set_rng_state(state["rng"])
-    _truncate_metrics(out / METRICS_FILE, epoch)
+    if ctx.is_main:
+        _truncate_metrics(out / METRICS_FILE, epoch)
     log.info("resuming %s at epoch %d", out.name, epoch)
     return epoch, plan
 
@@ -163,11 +180,13 @@ def _truncate_metrics(path: Path, next_epoch: int) -> None:
 
 
 def _finish(ctx: RunContext, loaders, stopper: EarlyStopping, out: Path, stopped_early: bool) -> dict:
+    ctx.barrier()  # rank 0 has written best.pt
     if (out / BEST_CKPT).is_file():
         ctx.model.load_state_dict(torch.load(out / BEST_CKPT, map_location=ctx.device, weights_only=True))
     test = evaluate(ctx, loaders.test)
     result = {"cell_id": ctx.cfg.cell_id, "status": "done", "classes": ctx.classes,
               "best_epoch": stopper.best_epoch, f"best_val_{ctx.cfg.trainer.monitor}": stopper.best_metric,
               "stopped_early": stopped_early, "test": test, **ctx.totals()}
-    checkpoint.write_json_atomic(result, out / RESULT_FILE)
+    if ctx.is_main:
+        checkpoint.write_json_atomic(result, out / RESULT_FILE)
     return result

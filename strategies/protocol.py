@@ -62,6 +62,7 @@ class EpochPlan:
             Each key becomes one optimizer param group named after it.
         lr_factor: multiplies every group's learning rate (LP-FT's phase 2).
         weight_decay: overrides optim.weight_decay when not None (SP: 0, Auto-RGN: 1e-4).
+        extra_grad: the loop calls `extra_grad_` after every backward (SP); off, it never does.
         backbone_eval: frozen blocks run in eval mode, so their BatchNorm statistics stay fixed.
         fresh_optimizer: build a new optimizer this epoch even when nothing else changed.
         calibration_batches: batches of forward/backward without a step before the epoch; their
@@ -76,6 +77,7 @@ class EpochPlan:
     lr_scales: Mapping[str, float] = field(default_factory=dict)
     lr_factor: float = 1.0
     weight_decay: float | None = None
+    extra_grad: bool = False
     backbone_eval: bool = False
     fresh_optimizer: bool = False
     calibration_batches: int = 0

@@ -61,7 +61,8 @@ def _create(norm: str, name: str):
         skipped = layout.norm_params | layout.bias_params if cfg.exclude_bn_and_bias else frozenset()
         anchors = {n: None if n in head else initial_params[n].detach().clone()
                    for n in layout.param_names if n in head or n not in skipped}
-        return StartingPointRegularized(cfg, norm, anchors, replace(full_plan(layout, name), weight_decay=0.0), name)
+        plan = replace(full_plan(layout, name), weight_decay=0.0, extra_grad=True)
+        return StartingPointRegularized(cfg, norm, anchors, plan, name)
     return create
 
 

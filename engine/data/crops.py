@@ -203,5 +203,4 @@ def crop_loaders(index: DatasetIndex, cfg: DataConfig, seed: int, shard: tuple[i
     return Loaders(train=batches("train", cfg.train_batch_size, True, cfg.augment),
                    val=batches("val", cfg.eval_batch_size, False, False),
                    test=batches("test", cfg.eval_batch_size, False, False),
-                   train_in_order=batches("train", cfg.eval_batch_size, False, False, (0, 1)),
-                   train_sources=[sample.source for sample in index.splits["train"]])
+                   train_in_order=batches("train", cfg.eval_batch_size, False, False, (0, 1)))

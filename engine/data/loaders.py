@@ -81,7 +81,7 @@ class Batches(Protocol):
 @dataclass(frozen=True)
 class Loaders:
     """The three splits, plus the train split in index order without augmentation (the LP feature
-    cache runs the backbone over it once) and the train samples' sources. With several processes,
+    cache runs the backbone over it once). With several processes,
     train/val/test are this rank's shards and `train_in_order` is the whole train split on every
     rank: a rank's train batches draw from all of it over the epochs."""
 
@@ -89,7 +89,6 @@ class Loaders:
     val: Batches
     test: Batches
     train_in_order: Batches
-    train_sources: list
 
 
 def build_loaders(index: DatasetIndex, cfg: DataConfig, seed: int, device: torch.device,
@@ -132,7 +131,7 @@ def build_loaders(index: DatasetIndex, cfg: DataConfig, seed: int, device: torch
         built[split] = TorchBatches(dataset, batch_size, seed, is_train, cfg, device, shard)
     in_order = TorchBatches(_SampleDataset(index, "train", cfg, seed, augment=False), cfg.eval_batch_size, seed,
                             False, cfg, device)
-    return Loaders(**built, train_in_order=in_order, train_sources=[s.source for s in index.splits["train"]])
+    return Loaders(**built, train_in_order=in_order)
 
 
 def choose_loader(index: DatasetIndex, cfg: DataConfig, device: torch.device) -> tuple[str, str]:

@@ -30,7 +30,7 @@ class DataConfig:
     augment: bool = False  # flips and small rotations; off in the study's protocol
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # used when the data has no val/test
     split_seed: int = 0
-    loader: Literal["auto", "torchvision", "dali", "gpu_cache"] = "torchvision"
+    loader: Literal["auto", "torchvision", "dali", "gpu_cache"] = "auto"  # auto: the fastest that fits
     num_workers: int = 2
     train_batch_size: int = 96
     eval_batch_size: int = 64

@@ -18,6 +18,10 @@ race to change it, exactly one wins, and no one ever reads a half-written claim.
   fail, which is fine: the cell is the taker's now).
 Heartbeats compare wall clocks across hosts: keep them synchronised (NTP) to well within
 `stale_after_s`.
+
+Beside the claims, the owner keeps the cell's attempt records: attempts.jsonl (one line per
+start and outcome, with host, pid and rank) and failure.json (the failed attempts: the last
+reason and traceback, and every reason before it).
 """
 from __future__ import annotations
 
@@ -33,9 +37,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.checkpoint import write_json_atomic
+
 log = logging.getLogger(__name__)
 
-CLAIMS_DIR = "claims"
+CLAIMS_DIR, FAILURE_FILE, ATTEMPTS_FILE = "claims", "failure.json", "attempts.jsonl"
 
 
 @dataclass(frozen=True)
@@ -195,3 +201,28 @@ def holder(cell_folder: Path, stale_after_s: float) -> dict | None:
     if record is None or record.get("state") != "running" or stale_reason(record, stale_after_s):
         return None
     return record
+
+
+def failed_attempts(cell_folder: Path) -> int:
+    path = Path(cell_folder) / FAILURE_FILE
+    return json.loads(path.read_text())["attempts"] if path.is_file() else 0
+
+
+def record_failure(cell_folder: Path, reason: str, detail: list[str]) -> int:
+    """Adds one failed attempt to failure.json; returns the number of failed attempts."""
+    path = Path(cell_folder) / FAILURE_FILE
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    attempts = previous.get("attempts", 0) + 1
+    history = previous.get("history", []) + [{"reason": reason, "time": time.time()}]
+    write_json_atomic({"cell_id": path.parent.name, "attempts": attempts, "reason": reason, "traceback": detail,
+                       "history": history}, path)
+    return attempts
+
+
+def append_event(cell_folder: Path, event: str, rank: int, **extra) -> None:
+    """Appends one line to attempts.jsonl: start, done, failed, interrupted or lost."""
+    owner = Owner.current()
+    row = {"event": event, "time": time.time(), "host": owner.host, "pid": owner.pid, "rank": rank, **extra}
+    Path(cell_folder).mkdir(parents=True, exist_ok=True)
+    with (Path(cell_folder) / ATTEMPTS_FILE).open("a") as f:
+        f.write(json.dumps(row) + "\n")

@@ -1,4 +1,5 @@
-"""The `medft` command: train one cell, check a dataset, list strategies, run the demo."""
+"""The `medft` command: train one cell, run a grid, report and sync it, check a dataset, list
+strategies, run the demo."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,25 @@ def _strategies(args) -> int:
     return 0
 
 
+def _grid(args) -> int:
+    from engine.grid import grid_command
+
+    return grid_command(args)
+
+
+def _report(args) -> int:
+    from engine.report import write_report
+
+    print(write_report(args.run_dir, args.out))
+    return 0
+
+
+def _sync(args) -> int:
+    from engine.tracking import sync_offline_runs
+
+    return 1 if sync_offline_runs(args.run_dir, args.jobs) else 0
+
+
 def _demo(args) -> int:
     from engine.demo import run_demo
 
@@ -69,11 +89,31 @@ def build_parser() -> argparse.ArgumentParser:
     strategies = sub.add_parser("strategies", help="list the registered strategies")
     strategies.set_defaults(run=_strategies)
 
-    demo = sub.add_parser("demo", help="generate a synthetic dataset and train a few cells on it")
+    _add_grid_commands(sub)
+
+    demo = sub.add_parser("demo", help="generate a synthetic dataset, run the demo grid on it, write its report")
     demo.add_argument("--out", default="demo_runs", help="output directory (default: demo_runs)")
-    demo.add_argument("overrides", nargs="*", help="dotted overrides applied to every demo cell")
+    demo.add_argument("overrides", nargs="*", help="dotted overrides of the demo grid, e.g. cell.trainer.epochs=2")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _add_grid_commands(sub) -> None:
+    from engine.grid import add_grid_arguments
+
+    grid = sub.add_parser("grid", help="run a grid of cells (with any number of processes or hosts at once)")
+    add_grid_arguments(grid)
+    grid.set_defaults(run=_grid)
+
+    report = sub.add_parser("report", help="tables, tests against FT and figures of a grid's results")
+    report.add_argument("run_dir", help="the grid's out_dir")
+    report.add_argument("--out", help="output folder (default: RUN_DIR/report)")
+    report.set_defaults(run=_report)
+
+    sync = sub.add_parser("sync", help="upload a grid's offline W&B runs")
+    sync.add_argument("run_dir", help="folder searched for offline W&B runs (e.g. the grid's out_dir)")
+    sync.add_argument("--jobs", type=int, default=4, help="runs uploaded at a time (default: 4)")
+    sync.set_defaults(run=_sync)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,210 @@
+import copy
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from engine import cli
+from engine.claims import ATTEMPTS_FILE, CLAIMS_DIR, FAILURE_FILE, latest
+from engine.grid import run_grid
+from engine.grid_config import grid_from_dict
+from engine.report import write_report
+
+REPO = Path(__file__).parents[2]
+
+
+def tiny_grid(data: Path, out: Path, **changes) -> dict:
+    """A grid mapping of 32 px cells on tiny backbones, 2 epochs of 2 steps; `changes` replace keys,
+    and `cell` / `grid` changes are merged into those sections."""
+    grid = {"name": "t", "out_dir": str(out),
+            "datasets": [{"name": "shapes", "path": str(data), "format": "imagefolder"}],
+            "backbones": ["tiny_resnet"], "strategies": ["ft", "lp"], "seeds": [684, 559],
+            "cell": {"data": {"resize": 36, "crop": 32, "num_workers": 0, "train_batch_size": 16,
+                              "eval_batch_size": 32},
+                     "model": {"weights": "none"},
+                     "trainer": {"epochs": 2, "max_steps_per_epoch": 2, "device": "cpu"}},
+            "grid": {"heartbeat_s": 0.2, "stale_after_s": 5.0}}
+    for section in ("cell", "grid"):
+        for key, value in changes.pop(section, {}).items():
+            target = grid[section].setdefault(key, {}) if isinstance(value, dict) else None
+            if target is None:
+                grid[section][key] = value
+            else:
+                target.update(value)
+    return {**grid, **copy.deepcopy(changes)}
+
+
+def events(cell: Path) -> list[str]:
+    path = cell / ATTEMPTS_FILE
+    return [json.loads(line)["event"] for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def results(out: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text())["test"] for p in sorted(out.glob("*/result.json"))}
+
+
+def spawn(config: Path, log: Path, *extra: str, threads: int | None = None) -> subprocess.Popen:
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    with log.open("ab") as f:
+        return subprocess.Popen([sys.executable, "-m", "engine.grid", str(config), *extra], cwd=REPO, env=env,
+                                stdout=f, stderr=subprocess.STDOUT)
+
+
+def write_grid(path: Path, grid: dict) -> Path:
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_grid_runs_each_cell_once_and_skips_done_cells(demo_data, tmp_path):
+    grid = grid_from_dict(tiny_grid(demo_data, tmp_path / "out"), "test")
+    states = run_grid(grid)
+    assert states == {f"shapes__tiny_resnet__{s}__s{seed}": "done" for s in ("ft", "lp") for seed in (684, 559)}
+    for cell in states:
+        folder = tmp_path / "out" / cell
+        assert events(folder) == ["start", "done"]
+        assert latest(folder / CLAIMS_DIR)[1]["state"] == "released"
+        assert [json.loads(r)["epoch"] for r in (folder / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert (tmp_path / "out" / "grid.yaml").is_file()
+    run_grid(grid)  # a second run finds everything done
+    assert all(events(tmp_path / "out" / cell) == ["start", "done"] for cell in states)
+
+
+def test_grid_failing_cells_are_recorded_retried_and_reported(demo_data, tmp_path):
+    broken = tmp_path / "one_class"  # a dataset that cannot be indexed: a single class
+    shutil.copytree(demo_data / "circles", broken / "circles")
+    grid = grid_from_dict(tiny_grid(demo_data, tmp_path / "out", seeds=[684], grid={"retries": 1},
+                                    datasets=[{"name": "shapes", "path": str(demo_data)},
+                                              {"name": "broken", "path": str(broken)}],
+                                    strategies=["ft", {"name": "g_lf", "period_epochs": 0}]), "test")
+    states = run_grid(grid)
+    assert states == {"shapes__tiny_resnet__ft__s684": "done", "shapes__tiny_resnet__g_lf__s684": "failed",
+                      "broken__tiny_resnet__ft__s684": "failed", "broken__tiny_resnet__g_lf__s684": "failed"}
+    out = tmp_path / "out"
+    bad_strategy = json.loads((out / "shapes__tiny_resnet__g_lf__s684" / FAILURE_FILE).read_text())
+    assert bad_strategy["attempts"] == 2 and "period_epochs must be at least 1" in bad_strategy["reason"]
+    assert bad_strategy["traceback"] and len(bad_strategy["history"]) == 2
+    bad_data = json.loads((out / "broken__tiny_resnet__ft__s684" / FAILURE_FILE).read_text())
+    assert bad_data["reason"].startswith("ValueError") and "class" in bad_data["reason"]
+    assert events(out / "broken__tiny_resnet__ft__s684") == ["start", "failed", "start", "failed"]
+
+    report = write_report(out).read_text()
+    assert "4 cells; 1 done, 3 failed" in report
+    assert "| shapes__tiny_resnet__g_lf__s684 | 2 | ValueError: strategy.period_epochs must be at least 1" in report
+
+
+def test_grid_takes_over_the_cell_of_a_dead_worker(demo_data, tmp_path):
+    grid = grid_from_dict(tiny_grid(demo_data, tmp_path / "out", strategies=["ft"], seeds=[684]), "test")
+    folder = tmp_path / "out" / "shapes__tiny_resnet__ft__s684"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (folder / CLAIMS_DIR).mkdir(parents=True)
+    record = {"state": "running", "host": socket.gethostname(), "pid": dead.pid, "heartbeat": time.time()}
+    (folder / CLAIMS_DIR / "000001.json").write_text(json.dumps(record))
+    assert run_grid(grid) == {folder.name: "done"}
+    failure = json.loads((folder / FAILURE_FILE).read_text())
+    assert failure["attempts"] == 1 and f":{dead.pid} died" in failure["reason"]
+
+
+def test_grid_data_parallel_mode_is_refused_with_a_clear_message(demo_data, tmp_path):
+    grid = grid_from_dict(tiny_grid(demo_data, tmp_path / "out", grid={"parallel": "data"}), "test")
+    with pytest.raises(ValueError, match="grid.parallel=data.*not available yet"):
+        run_grid(grid)
+
+
+def test_grid_command_lists_cells_and_reports_bad_input(demo_data, tmp_path, capsys):
+    config = write_grid(tmp_path / "g.yaml", tiny_grid(demo_data, tmp_path / "out"))
+    assert cli.main(["grid", "--list", str(config), "seeds=[7]"]) == 0
+    assert capsys.readouterr().out.split() == ["pending", "shapes__tiny_resnet__ft__s7",
+                                               "pending", "shapes__tiny_resnet__lp__s7"]
+    assert cli.main(["grid", "--print-config", str(config), "grid.retries=5"]) == 0
+    assert "retries: 5" in capsys.readouterr().out
+    assert cli.main(["grid", str(config), "backbones=[resnet5]"]) == 2
+    assert "unknown backbone 'resnet5'" in capsys.readouterr().err
+
+
+def test_grid_two_worker_processes_run_each_cell_once(demo_data, tmp_path):
+    grid = tiny_grid(demo_data, tmp_path / "out", strategies=["ft", "lp", "lp_ft"])
+    config = write_grid(tmp_path / "g.yaml", grid)
+    workers = [spawn(config, tmp_path / f"worker{i}.log", threads=1) for i in range(2)]
+    assert [w.wait(timeout=300) for w in workers] == [0, 0], (tmp_path / "worker0.log").read_text()[-3000:]
+    cells = sorted((tmp_path / "out").glob("shapes__*"))
+    assert len(cells) == 6 and len(results(tmp_path / "out")) == 6
+    for cell in cells:
+        assert events(cell) == ["start", "done"], cell.name  # trained exactly once
+
+
+def _epoch_rows(out: Path) -> int:
+    return sum(len(p.read_text().splitlines()) for p in out.glob("*/metrics.jsonl"))
+
+
+def _wait_until(process: subprocess.Popen, done, timeout_s: float = 120) -> bool:
+    """Waits until `done()` holds; False when `process` exited first (the grid was finished)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and process.poll() is None:
+        if done():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("seed, signals", [
+    (0, (signal.SIGTERM, signal.SIGKILL, signal.SIGKILL)),
+    pytest.param(1, (signal.SIGKILL,) * 6, marks=pytest.mark.slow),
+])
+def test_grid_runs_each_cell_once_after_kill(demo_data, tmp_path, seed, signals):
+    changes = {"strategies": ["ft", "lp_ft"], "grid": {"retries": 10},
+               "cell": {"trainer": {"epochs": 3, "deterministic": True}}}
+    expected_states = run_grid(grid_from_dict(tiny_grid(demo_data, tmp_path / "whole", **changes), "test"))
+    expected = results(tmp_path / "whole")
+    out = tmp_path / "killed"
+    config = write_grid(tmp_path / "g.yaml", tiny_grid(demo_data, out, **changes))
+    rng = random.Random(seed)
+    for sig in signals:
+        # As many threads as the reference run: CPU results depend on the thread count.
+        worker = spawn(config, tmp_path / "worker.log", threads=torch.get_num_threads())
+        # Kill points: after 0-3 more epochs have been written (mid-cell, between cells, just after
+        # a checkpoint), plus up to half a second more.
+        target = _epoch_rows(out) + rng.randint(0, 3)
+        if not _wait_until(worker, lambda: _epoch_rows(out) >= target and any(out.glob(f"*/{CLAIMS_DIR}/*.json"))):
+            break
+        time.sleep(rng.uniform(0.0, 0.5))
+        worker.send_signal(sig)
+        code = worker.wait(timeout=60)
+        if sig == signal.SIGTERM:  # a stopped worker frees its claim at once
+            assert code in (0, 130), (tmp_path / "worker.log").read_text()[-3000:]
+            assert all(latest(c / CLAIMS_DIR)[1]["state"] == "released" for c in out.glob("shapes__*"))
+    assert run_grid(grid_from_dict(tiny_grid(demo_data, out, **changes), "test")) == expected_states
+    assert results(out) == expected  # deterministic training: a resumed cell ends where an unkilled one does
+    for cell in expected:
+        assert events(out / cell).count("done") == 1, events(out / cell)
+        rows = [json.loads(line) for line in (out / cell / "metrics.jsonl").read_text().splitlines()]
+        whole = [json.loads(line) for line in (tmp_path / "whole" / cell / "metrics.jsonl").read_text().splitlines()]
+        assert [(r["epoch"], r["train/loss"]) for r in rows] == [(r["epoch"], r["train/loss"]) for r in whole]
+
+
+@pytest.mark.deepspeed
+def test_grid_under_the_deepspeed_launcher_shares_cells_between_ranks(demo_data, tmp_path):
+    pytest.importorskip("deepspeed", reason="needs deepspeed")
+    config = write_grid(tmp_path / "g.yaml", tiny_grid(demo_data, tmp_path / "out", strategies=["ft", "lp", "lp_ft"]))
+    launcher = Path(sys.executable).parent / "deepspeed"
+    done = subprocess.run([str(launcher), "--num_gpus", "2", "--module", "engine.grid", str(config)], cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cells = sorted((tmp_path / "out").glob("shapes__*"))
+    assert len(cells) == 6 and len(results(tmp_path / "out")) == 6
+    ranks = set()
+    for cell in cells:
+        rows = [json.loads(line) for line in (cell / ATTEMPTS_FILE).read_text().splitlines()]
+        assert [r["event"] for r in rows] == ["start", "done"]
+        ranks.add(rows[0]["rank"])
+    assert ranks <= {0, 1}

@@ -156,17 +156,20 @@ def run_grid(grid: GridConfig, source: str = "grid", worker: Worker | None = Non
         require_wandb()
     worker = worker or Worker.from_env()
     checkpoint.write_text_atomic(to_yaml(grid), Path(grid.out_dir) / GRID_FILE)
-    cells = [_place(cfg, worker) for cfg in cells]
+    cells = _place(cells, worker)
     progress = Progress(grid.name, worker.logs_progress)
     with _sigterm_as_interrupt():
         return _work(cells, grid, worker, progress)
 
 
-def _place(cfg: CellConfig, worker: Worker) -> CellConfig:
-    """In a launched grid each rank trains on its own GPU, when there are GPUs."""
-    if cfg.trainer.device != "auto" or not torch.cuda.is_available():
-        return cfg
-    return replace(cfg, trainer=replace(cfg.trainer, device=f"cuda:{worker.local_rank % torch.cuda.device_count()}"))
+def _place(cells: list[CellConfig], worker: Worker) -> list[CellConfig]:
+    """Where CUDA exists, each rank trains its cells on its own GPU, cuda:LOCAL_RANK."""
+    if not torch.cuda.is_available():
+        return cells
+    device = f"cuda:{worker.local_rank % torch.cuda.device_count()}"
+    torch.cuda.set_device(device)  # so that libraries using the current device (DALI) agree with the cell
+    return [replace(c, trainer=replace(c.trainer, device=device)) if c.trainer.device == "auto" else c
+            for c in cells]
 
 
 def _work(cells: list[CellConfig], grid: GridConfig, worker: Worker, progress: Progress) -> dict[str, str]:

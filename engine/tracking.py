@@ -6,12 +6,14 @@ cell config), logs each epoch's row and puts the test metrics in the run summary
 happen on a background thread fed by a bounded queue: `log` never waits, a full queue drops rows
 (metrics.jsonl keeps them all), and a slow, failing or unreachable W&B turns the tracker into a
 no-op with one warning. Runs are offline by default (files under `tracking.dir`, else the cell's
-folder); `medft sync RUN_DIR` uploads them once the network is there (`sync_offline_runs`).
+folder; WANDB_MODE, when set, overrides `tracking.mode`); `medft sync RUN_DIR` uploads them once the
+network is there (`sync_offline_runs`).
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import queue
 import subprocess
 import sys
@@ -143,8 +145,9 @@ def wandb_init_kwargs(cfg, grid_name: str = "") -> dict:
             "job_type": cfg.strategy.name, "tags": [dataset, cfg.model.backbone, f"seed_{cfg.trainer.seed}"],
             "config": to_dict(cfg), "dir": tracking.dir or str(folder), "id": run_id, "resume": "allow",
             # console off: W&B would otherwise wrap this process's stdout for every run.
-            "settings": {"mode": tracking.mode, "init_timeout": tracking.init_timeout_s, "console": "off",
-                         "reinit": "create_new", "silent": True}}
+            # W&B's own WANDB_MODE, when set, wins over the config (e.g. WANDB_MODE=disabled).
+            "settings": {"mode": os.environ.get("WANDB_MODE") or tracking.mode, "init_timeout": tracking.init_timeout_s,
+                         "console": "off", "reinit": "create_new", "silent": True}}
 
 
 def offline_runs(run_dir: str | Path) -> dict[str, list[Path]]:

@@ -139,3 +139,13 @@ def test_sync_uploads_each_unsynced_run_once_and_counts_failures(tmp_path, monke
     assert "1 of 2 runs synced" in capsys.readouterr().out
     assert cli.main(["sync", str(tmp_path), "--jobs", "1"]) == 1
     assert cli.main(["sync", str(tmp_path / "cell_c")]) == 0
+
+
+def test_wandb_mode_comes_from_the_config_unless_wandb_mode_is_set(cpu_cell_config, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = cpu_cell_config("tracking.backend=wandb", "tracking.mode=online", "tracking.group=study")
+    kwargs = tracking.wandb_init_kwargs(cfg, "grid")
+    assert kwargs["settings"]["mode"] == "online" and kwargs["group"] == "study"
+    assert kwargs["id"] == tracking.wandb_init_kwargs(cfg)["id"]  # a resumed cell continues its run
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert tracking.wandb_init_kwargs(cfg, "grid")["settings"]["mode"] == "disabled"

@@ -18,13 +18,18 @@ def preset_path(name: str) -> Path:
 
 
 def _train(args) -> int:
+    from engine.tracking import create_tracker
     from engine.trainer import cell_dir, train_cell
 
     cfg = load_cell_config(args.config, args.overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    result = train_cell(cfg)
+    tracker = create_tracker(cfg)
+    try:
+        result = train_cell(cfg, tracker)
+    finally:
+        tracker.finish()
     print(json.dumps({k: result[k] for k in ("cell_id", "best_epoch", "test")}, indent=2))
     print(f"results: {cell_dir(cfg)}")
     return 0

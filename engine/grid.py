@@ -145,12 +145,9 @@ def run_grid(grid: GridConfig, source: str = "grid", worker: Worker | None = Non
     """Runs this process's share of the grid and returns every cell's final state.
 
     Raises:
-        ValueError: for bad input found before any cell starts (see `expand_cells`), for
-            `grid.parallel=data`, or for W&B tracking without wandb installed.
+        ValueError: for bad input found before any cell starts (see `expand_cells`), or for W&B
+            tracking without wandb installed.
     """
-    if grid.grid.parallel == "data":
-        raise ValueError(f"{source}: 'grid.parallel=data' (one cell over all ranks with DeepSpeed ZeRO) is being "
-                         "built in the trainer and is not available yet; use grid.parallel=cells")
     cells = expand_cells(grid, source)
     if any(c.tracking.backend == "wandb" for c in cells):
         require_wandb()
@@ -159,6 +156,10 @@ def run_grid(grid: GridConfig, source: str = "grid", worker: Worker | None = Non
     cells = _place(cells, worker)
     progress = Progress(grid.name, worker.logs_progress)
     with _sigterm_as_interrupt():
+        if grid.grid.parallel == "data":
+            from engine.grid_data_parallel import data_parallel_cells, work_data_parallel
+            return work_data_parallel(data_parallel_cells(cells, grid.grid.zero_stage), grid, worker, progress,
+                                      DatasetCache())
         return _work(cells, grid, worker, progress)
 
 

@@ -173,10 +173,18 @@ def _resume(ctx: RunContext, stopper: EarlyStopping, out: Path) -> tuple[int, Ep
 
 
 def _truncate_metrics(path: Path, next_epoch: int) -> None:
+    """Keeps the lines of the epochs before `next_epoch`; a line cut short by a kill goes too."""
     if path.is_file():
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [r for r in rows if json.loads(r)["epoch"] < next_epoch]
-        checkpoint.write_text_atomic("".join(r + "\n" for r in kept), path)
+        kept = [line for line in path.read_text().splitlines()
+                if (epoch := _epoch_of(line)) is not None and epoch < next_epoch]
+        checkpoint.write_text_atomic("".join(line + "\n" for line in kept), path)
+
+
+def _epoch_of(line: str) -> int | None:
+    try:
+        return json.loads(line)["epoch"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
 
 
 def _finish(ctx: RunContext, loaders, stopper: EarlyStopping, out: Path, stopped_early: bool) -> dict:

@@ -115,12 +115,6 @@ def test_grid_takes_over_the_cell_of_a_dead_worker(demo_data, tmp_path):
     assert failure["attempts"] == 1 and f":{dead.pid} died" in failure["reason"]
 
 
-def test_grid_data_parallel_mode_is_refused_with_a_clear_message(demo_data, tmp_path):
-    grid = grid_from_dict(tiny_grid(demo_data, tmp_path / "out", grid={"parallel": "data"}), "test")
-    with pytest.raises(ValueError, match="grid.parallel=data.*not available yet"):
-        run_grid(grid)
-
-
 def test_grid_command_lists_cells_and_reports_bad_input(demo_data, tmp_path, capsys):
     config = write_grid(tmp_path / "g.yaml", tiny_grid(demo_data, tmp_path / "out"))
     assert cli.main(["grid", "--list", str(config), "seeds=[7]"]) == 0

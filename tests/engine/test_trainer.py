@@ -67,6 +67,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(cpu_cell_config, tmp
     with pytest.raises(KeyboardInterrupt):
         train_cell(resumed)
     assert [r["epoch"] for r in _rows(resumed)] == [0, 1]
+    with (cell_dir(resumed) / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 2, "train/lo')  # a line cut short by the kill
     monkeypatch.setattr(trainer, "_run_epoch", run_epoch)
     got = train_cell(resumed)
 

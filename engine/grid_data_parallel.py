@@ -1,0 +1,71 @@
+"""grid.parallel=data: every rank of the launcher trains the same cell together, one cell at a time.
+
+For datasets too big for one GPU. Rank 0 claims cells from the shared queue exactly as in cells
+mode (engine/grid.py: claims, heartbeats, failure records, retries) and broadcasts which cell comes
+next; every rank then runs `train_cell` on it with trainer.data_parallel=true (engine/distributed.py:
+sharded batches, DeepSpeed gradient averaging, ZeRO stage grid.zero_stage). A cell's failure is the
+same on every rank (the loss and the metrics are reduced over all of them), so all ranks move on.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+import torch
+
+from engine.claims import try_claim
+from engine.config import CellConfig
+from engine.distributed import init_data_parallel
+from engine.trainer import cell_dir, train_cell
+
+log = logging.getLogger(__name__)
+
+_DONE, _WAIT = -1, -2  # broadcast instead of a cell index
+
+
+def data_parallel_cells(cells: list[CellConfig], zero_stage: int) -> list[CellConfig]:
+    return [replace(c, trainer=replace(c.trainer, data_parallel=True, zero_stage=zero_stage)) for c in cells]
+
+
+def work_data_parallel(cells: list[CellConfig], grid, worker, progress, cache) -> dict[str, str]:
+    """Runs every cell over all ranks; returns the final states (rank 0's view, on every rank)."""
+    from engine.grid import cell_state, run_cell
+
+    parallel = init_data_parallel(grid.grid.zero_stage)
+    while True:
+        choice, claim = _WAIT, None
+        if parallel.is_main:
+            states = {cfg.cell_id: cell_state(cfg, grid) for cfg in cells}
+            progress.update(states)
+            choice, claim = _next_cell(cells, states, grid)
+        shared = [choice, states if parallel.is_main else None]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        choice, states = shared
+        if choice == _DONE:
+            return states
+        if choice == _WAIT:
+            time.sleep(min(grid.grid.heartbeat_s, 5.0))
+            continue
+        cfg = cells[choice]
+        if parallel.is_main:
+            progress.cell_s.append(run_cell(cfg, claim, grid, cache, worker))
+        else:
+            _follow(cfg, cache)
+
+
+def _next_cell(cells: list[CellConfig], states: dict[str, str], grid) -> tuple[int, object]:
+    pending = [i for i, cfg in enumerate(cells) if states[cfg.cell_id] == "pending"]
+    for i in pending:
+        claim = try_claim(cell_dir(cells[i]), grid.grid.stale_after_s)
+        if claim is not None:
+            return i, claim
+    return (_WAIT if pending or "running" in states.values() else _DONE), None
+
+
+def _follow(cfg: CellConfig, cache) -> None:
+    """A non-zero rank's part of a cell: the same training, no files, no claim, no tracker."""
+    try:
+        train_cell(cfg, index=cache.get(cfg))
+    except Exception as e:  # rank 0 records the failure; every rank saw the same one
+        log.debug("cell %s failed on this rank too: %s", cfg.cell_id, e)

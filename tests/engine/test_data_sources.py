@@ -10,7 +10,8 @@ from PIL import Image
 
 from engine.config import DataConfig
 from engine.data.images import BadImageError, open_rgb, sniff_image_format, to_rgb
-from engine.data.sources import SPLITS, Sample, load_index, load_index_as_found, stratified_split
+from engine.data.sources import SPLITS, Sample, load_index, load_index_as_found
+from engine.data.splits import stratified_split
 from tests.engine.conftest import encode, gradient
 
 

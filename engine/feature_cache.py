@@ -5,10 +5,18 @@ features of every training image are the same in every epoch, and so are those o
 validation image. They are computed once per stage (kept on the device: the GPU where there is
 one) and served in the order and batch composition the image loader would have used, so the
 result equals uncached training within float tolerance.
+
+The features are also kept for the next cells of the process (`shared_rows`): LP, LP-FT's first
+phase and gradual unfreezing's first stage of every seed run the same frozen backbone over the
+same images, so a grid worker computes them once. The key holds a fingerprint of the backbone's
+weights and buffers, so a backbone that differs in any tensor never reuses another's features.
 """
 from __future__ import annotations
 
+import itertools
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,23 +30,60 @@ def cache_applies(plan, augment: bool, trainable: list[str], head_params: tuple[
     return plan.use_feature_cache and plan.backbone_eval and not augment and set(trainable) <= set(head_params)
 
 
+SHARED_ENTRIES = 4  # the train and validation features of the last two backbones
+_SHARED: OrderedDict[tuple, "FeatureRows"] = OrderedDict()
+
+
+@dataclass(frozen=True)
+class FeatureRows:
+    """Backbone features of one split.
+
+    Attributes:
+        features: (R, ...) one row per cached sample, on the run's device.
+        labels: (R,) int64, aligned with `features`.
+        row_of: (num_samples,) int64: the row of each split position, -1 where none (an
+            unreadable image, or a position another data-parallel rank reads).
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    row_of: np.ndarray
+
+
+def weights_fingerprint(module: nn.Module) -> tuple[float, ...]:
+    """The norm of every parameter and buffer: equal for the same weights, and in practice only then."""
+    tensors = [t.detach().float() for t in itertools.chain(module.parameters(), module.buffers())
+               if t.is_floating_point()]
+    return tuple(torch.stack(torch._foreach_norm(tensors)).tolist())  # one host sync per stage
+
+
+def shared_rows(key: tuple, build: Callable[[], FeatureRows]) -> FeatureRows:
+    """The rows cached under `key` in this process, built on first use (the oldest entries go first)."""
+    if key not in _SHARED:
+        _SHARED[key] = build()
+        while len(_SHARED) > SHARED_ENTRIES:
+            _SHARED.popitem(last=False)
+    _SHARED.move_to_end(key)
+    return _SHARED[key]
+
+
+def clear_shared_rows() -> None:
+    _SHARED.clear()
+
+
 class FeatureCache:
     """`Batches` over cached features: the same batches, in the same order, as the split's loader.
 
     Args:
-        features: (R, ...) one row per cached sample.
-        labels: (R,) int64, aligned with `features`.
-        row_of: (num_samples,) int64: the row of each split position, -1 where none (an
-            unreadable image, or a position another data-parallel rank reads).
+        rows: the split's features.
         batches: epoch -> the positions of each batch, as the loader cuts them
             (`sharding.shard_batches`); positions without a row are dropped, as the loader drops
             unreadable images.
     """
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, row_of: np.ndarray,
-                 batches: Callable[[int], list[np.ndarray]]):
-        self.features, self.labels, self.row_of, self.batches = features, labels, row_of, batches
-        self.num_samples, self.epoch = int((row_of >= 0).sum()), 0
+    def __init__(self, rows: FeatureRows, batches: Callable[[int], list[np.ndarray]]):
+        self.features, self.labels, self.row_of, self.batches = rows.features, rows.labels, rows.row_of, batches
+        self.num_samples, self.epoch = int((self.row_of >= 0).sum()), 0
 
     def __len__(self) -> int:
         return len(self.batches(self.epoch))
@@ -54,8 +99,8 @@ class FeatureCache:
 
 
 @torch.no_grad()
-def build_feature_cache(features_module: nn.Module, ordered, positions: np.ndarray, sources: list, autocast,
-                        to_device, batches: Callable[[int], list[np.ndarray]]) -> FeatureCache:
+def build_feature_rows(features_module: nn.Module, ordered, positions: np.ndarray, sources: list, autocast,
+                       to_device) -> FeatureRows:
     """Runs `features_module` (in eval mode) once over the samples `ordered` yields.
 
     Args:
@@ -64,7 +109,6 @@ def build_feature_cache(features_module: nn.Module, ordered, positions: np.ndarr
         positions: the split positions `ordered` covers, in its order.
         sources: every sample source of the split, to find the positions of skipped images.
         autocast, to_device: the run's precision context and input placement.
-        batches: how the cache serves the split (see `FeatureCache`).
     """
     features_module.eval()
     chunks, labels, skipped = [], [], set()
@@ -79,4 +123,4 @@ def build_feature_cache(features_module: nn.Module, ordered, positions: np.ndarr
     kept = [p for p in positions if str(sources[p]) not in skipped]
     row_of = np.full(len(sources), -1, dtype=np.int64)
     row_of[np.asarray(kept, dtype=np.int64)] = np.arange(len(kept))
-    return FeatureCache(torch.cat(chunks), torch.cat(labels), row_of, batches)
+    return FeatureRows(torch.cat(chunks), torch.cat(labels), row_of)

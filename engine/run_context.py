@@ -8,6 +8,7 @@ module it already compiled: pytorch#139476, measured in ../shared/spec/performan
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -17,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.config import CellConfig
+from engine.config import CellConfig, to_dict
 from engine.distributed import DataParallel, init_data_parallel
 from engine.data.sharding import shard_batches
-from engine.feature_cache import build_feature_cache, cache_applies
+from engine.feature_cache import (FeatureCache, build_feature_rows, cache_applies, shared_rows,
+                                  weights_fingerprint)
 from engine.models import block_modules, create_backbone, features_and_head, model_blocks, model_layout
 from engine.optim import build_optimizer, epoch_lr, param_groups, set_group_lrs, trainable_param_names
 from strategies import create_strategy
@@ -159,12 +161,17 @@ class RunContext:
         if self.cached_inputs is None or self.cached_inputs[0] != plan.trainable:
             features, head_module = features_and_head(self.model, cfg.model.backbone, cfg.model.head_scope)
             seed, shard = cfg.trainer.seed, self.shard
+            # Same images, same backbone weights, same precision and shard: the same features.
+            same_features = (json.dumps(to_dict(cfg.data), sort_keys=True), cfg.model.backbone,
+                             cfg.model.head_scope, weights_fingerprint(features), str(self.device),
+                             str(self.amp_dtype), self.channels_last, shard)
 
             def cache(ordered, split, batch_size, shuffle, positions):
                 samples = index.splits[split]
-                return build_feature_cache(
-                    features, ordered, positions, [s.source for s in samples], self.autocast, self.to_device,
-                    lambda epoch: shard_batches(len(samples), seed, epoch, batch_size, shuffle, shard))
+                rows = shared_rows((split, *same_features), lambda: build_feature_rows(
+                    features, ordered, positions, [s.source for s in samples], self.autocast, self.to_device))
+                return FeatureCache(rows, lambda epoch: shard_batches(len(samples), seed, epoch, batch_size,
+                                                                       shuffle, shard))
             n_train, n_val = len(index.splits["train"]), len(index.splits["val"])
             val_positions = np.arange(n_val)[shard[0]::shard[1]]  # the rank's evaluation shard
             # Every rank caches the whole train split: its batches draw from all of it.

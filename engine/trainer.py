@@ -97,7 +97,7 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None) -> d
         progress = Progress(epoch, cfg.trainer.epochs, stopper.best_metric, stopper.epochs_since_best,
                             stopper.exhausted)
         new_plan = ctx.strategy.plan(progress)
-        if stopper.exhausted and plan is not None and new_plan.phase == plan.phase:
+        if stopper.exhausted and plan is not None and new_plan.phase == plan.phase and new_plan.early_stopping:
             stopped_early = True
             break
         if plan is not None and new_plan.phase != plan.phase:

@@ -2,8 +2,11 @@
 
 The head always trains. With K backbone blocks the run trains head-only for T epochs, then
 unfreezes one block more every T epochs, from the output side (G-LF, ULMFiT) or the input side
-(G-FL), cumulatively. Default T = max(1, E // (K + 1)). Frozen blocks run in eval mode. The run
-is one phase for early stopping: its patience counts across the stages, as in the protocol.
+(G-FL), cumulatively. Default T = max(1, E // (K + 1)). Frozen blocks run in eval mode.
+By default each stage is a phase and early stopping waits until every block trains, so that
+patience cannot turn the schedule into linear probing; it then counts from the last unfreeze.
+With `early_stop_in_stages` the run is one phase whose patience counts across the stages. Either
+way the best-validation weights of the whole run are tested.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from strategies.protocol import EpochPlan, ModelLayout, NoExtras, Progress
 class GradualConfig:
     name: str = "g_lf"
     period_epochs: int | None = None  # T; None = max(1, E // (K + 1))
+    early_stop_in_stages: bool = False  # one phase: patience may end the run before every block trains
 
 
 def unfreeze_schedule(num_blocks: int, epochs: int, period_epochs: int,
@@ -36,13 +40,16 @@ class GradualUnfreeze(NoExtras):
     layout: ModelLayout
     schedule: list[frozenset[int]]
     name: str
+    early_stop_in_stages: bool = False
 
     def plan(self, progress: Progress) -> EpochPlan:
         indices = self.schedule[min(progress.epoch, len(self.schedule) - 1)]
         backbone = self.layout.backbone_blocks
         trainable = frozenset(backbone[i] for i in indices) | {self.layout.head_block}
-        return EpochPlan(phase=self.name, trainable=trainable, backbone_eval=True,
-                         use_feature_cache=not indices)
+        if self.early_stop_in_stages:
+            return EpochPlan(phase=self.name, trainable=trainable, backbone_eval=True, use_feature_cache=not indices)
+        return EpochPlan(phase=f"{self.name}/{len(indices)}", trainable=trainable, backbone_eval=True,
+                         use_feature_cache=not indices, early_stopping=len(indices) == len(backbone))
 
 
 def _create(direction: str, name: str):
@@ -51,7 +58,8 @@ def _create(direction: str, name: str):
         period = max(1, epochs // (blocks + 1)) if cfg.period_epochs is None else cfg.period_epochs
         if period < 1:
             raise ValueError(f"strategy.period_epochs must be at least 1, got {period}")
-        return GradualUnfreeze(layout, unfreeze_schedule(blocks, epochs, period, direction), name)
+        return GradualUnfreeze(layout, unfreeze_schedule(blocks, epochs, period, direction), name,
+                               cfg.early_stop_in_stages)
     return create
 
 

@@ -40,10 +40,11 @@ class LpFt(NoExtras):
     def plan(self, progress: Progress) -> EpochPlan:
         phase = lp_ft_phase(progress, self.lp_epochs, self.cfg.lp_early_stopping, self.switch_epoch is not None)
         if phase == "lp":
-            return head_only_plan(self.layout, "lp")
+            return replace(head_only_plan(self.layout, "lp"), early_stopping=self.cfg.lp_early_stopping)
         if self.switch_epoch is None:
             self.switch_epoch = progress.epoch
-        return replace(full_plan(self.layout, "ft"), lr_factor=self.cfg.ft_lr_factor, fresh_optimizer=True)
+        # A new phase: the loop builds the new optimizer once, at the switch.
+        return replace(full_plan(self.layout, "ft"), lr_factor=self.cfg.ft_lr_factor)
 
     def state_dict(self) -> dict:
         return {"switch_epoch": self.switch_epoch}

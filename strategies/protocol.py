@@ -22,6 +22,8 @@ class ModelLayout:
         modules: module name -> its direct parameter names (Auto-RGN's module granularity).
         norm_params: parameters of normalisation layers (BatchNorm etc.), found by module type.
         bias_params: parameters named `bias`.
+        new_params: the freshly initialised layer that replaced the pretrained classifier (w_H of
+            the SP penalties); the rest of the head block, if any, starts pretrained.
         head_block: the name of the classifier block.
     """
 
@@ -29,6 +31,7 @@ class ModelLayout:
     modules: Mapping[str, tuple[str, ...]]
     norm_params: frozenset[str]
     bias_params: frozenset[str]
+    new_params: frozenset[str] = frozenset()
     head_block: str = "head"
 
     @property
@@ -70,6 +73,8 @@ class EpochPlan:
         norms_every_k_steps: pass live gradient norms to `update_scales` every k steps (0 = never).
         use_feature_cache: nothing before the head trains, so the loop may train the head on
             cached backbone features (it checks that augmentation is off).
+        early_stopping: the loop's patience may end the run in this epoch's phase; off, the
+            strategy decides when the phase ends (LP-FT's fixed first phase, unfreezing stages).
     """
 
     phase: str
@@ -83,6 +88,7 @@ class EpochPlan:
     calibration_batches: int = 0
     norms_every_k_steps: int = 0
     use_feature_cache: bool = False
+    early_stopping: bool = True
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,21 @@ def test_g_fl_unfreezes_input_block_first_in_a_run(cpu_cell_config):
     assert counts[0] < counts[1] < counts[2]
 
 
+def test_gradual_early_stopping_waits_until_every_block_trains(cpu_cell_config):
+    # lr 0: validation never improves; patience 1 may only end the run in the last stage.
+    cfg = cpu_cell_config("strategy.name=g_lf", "strategy.period_epochs=1", "trainer.epochs=9",
+                          "trainer.patience=1", "optim.lr=0.0", "trainer.max_steps_per_epoch=1")
+    result = train_cell(cfg)
+    rows = [json.loads(line) for line in (cell_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["strategy/phase"] for r in rows] == [f"g_lf/{k}" for k in range(6)] + ["g_lf/5"]
+    assert result["stopped_early"]
+    early = cpu_cell_config("strategy.name=g_lf", "strategy.period_epochs=1", "trainer.epochs=9",
+                            "trainer.patience=1", "optim.lr=0.0", "trainer.max_steps_per_epoch=1",
+                            "strategy.early_stop_in_stages=true", out=cfg.trainer.out_dir + "/early")
+    train_cell(early)
+    assert len((cell_dir(early) / "metrics.jsonl").read_text().splitlines()) < len(rows)
+
+
 def test_unfreeze_schedule_period_longer_than_budget_stays_head_only():
     assert unfreeze_schedule(5, 3, 4, "last_first") == [frozenset()] * 3
 

@@ -30,6 +30,9 @@ def test_lp_ft_rebuilds_optimizer_at_phase_two_with_every_param_at_tenth_lr(cpu_
     expected_lr = epoch_lr(cfg.optim, 2, 4) * 0.1
     assert all(g["lr"] == pytest.approx(expected_lr, rel=1e-12) for g in ctx.optimizer.param_groups)
     assert torch.equal(ctx.model.fc.weight, probed_head)
+    phase_two_optimizer = ctx.optimizer
+    ctx.apply_plan(ctx.strategy.plan(Progress(3, 4)), 3)
+    assert ctx.optimizer is phase_two_optimizer  # one new optimizer for the phase, not one per epoch
 
 
 def test_lp_ft_phases_in_a_run_and_head_carried_over(cpu_cell_config):
@@ -40,6 +43,15 @@ def test_lp_ft_phases_in_a_run_and_head_carried_over(cpu_cell_config):
     assert [r["strategy/phase"] for r in rows] == ["lp", "lp", "ft", "ft"]
     assert [r["strategy/lr/stem"] > 0 for r in rows] == [False, False, True, True]
     assert rows[2]["strategy/lr/head"] == pytest.approx(epoch_lr(cfg.optim, 2, 4) * 0.1)
+
+
+def test_lp_ft_without_phase_one_early_stopping_still_reaches_phase_two(cpu_cell_config):
+    # lr 0: validation never improves, so patience 1 runs out at once; phase 1 must still end on time.
+    cfg = cpu_cell_config("strategy.name=lp_ft", "strategy.lp_early_stopping=false", "strategy.lp_epochs=3",
+                          "trainer.epochs=6", "trainer.patience=1", "optim.lr=0.0", "trainer.max_steps_per_epoch=1")
+    result = train_cell(cfg)
+    rows = [json.loads(line) for line in (cell_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["strategy/phase"] for r in rows] == ["lp", "lp", "lp", "ft", "ft"] and result["stopped_early"]
 
 
 def test_lp_ft_phase_ends_early_when_phase_one_stops():

@@ -262,8 +262,12 @@ def features_and_head(model: nn.Module, name: str, head_scope: str = "block") ->
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
-def model_layout(model: nn.Module, blocks: OrderedDict[str, list[str]]) -> ModelLayout:
-    """What a strategy may know of the model: blocks, modules, norm and bias parameters."""
+def model_layout(model: nn.Module, blocks: OrderedDict[str, list[str]], head_layer: str) -> ModelLayout:
+    """What a strategy may know of the model: blocks, modules, norm, bias and new-head parameters.
+
+    Args:
+        head_layer: the replaced classifier layer (`BackboneSpec.head_layer`).
+    """
     modules, norm = {}, set()
     for mname, module in model.named_modules():
         direct = tuple(f"{mname}.{p}" if mname else p for p, _ in module.named_parameters(recurse=False))
@@ -272,5 +276,7 @@ def model_layout(model: nn.Module, blocks: OrderedDict[str, list[str]]) -> Model
             if isinstance(module, _NORM_TYPES):  # by type: ResNet's downsample.1 is a BatchNorm too
                 norm.update(direct)
     bias = {n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] == "bias"}
+    new = {f"{head_layer}.{p}" for p, _ in model.get_submodule(head_layer).named_parameters()}
     return ModelLayout(blocks={b: tuple(p) for b, p in blocks.items()}, modules=modules,
-                       norm_params=frozenset(norm), bias_params=frozenset(bias), head_block=HEAD)
+                       norm_params=frozenset(norm), bias_params=frozenset(bias), new_params=frozenset(new),
+                       head_block=HEAD)

@@ -57,7 +57,9 @@ def _create(norm: str, name: str):
         for key in ("alpha", "beta"):
             if getattr(cfg, key) < 0:
                 raise ValueError(f"strategy.{key} must be non-negative, got {getattr(cfg, key)}")
-        head = set(layout.blocks[layout.head_block])
+        # w_H is the freshly initialised classifier only: the rest of a head block (VGG's first
+        # two classifier linears, DenseNet's norm5) starts pretrained and is anchored like w_S.
+        head = layout.new_params
         skipped = layout.norm_params | layout.bias_params if cfg.exclude_bn_and_bias else frozenset()
         anchors = {n: None if n in head else initial_params[n].detach().clone()
                    for n in layout.param_names if n in head or n not in skipped}

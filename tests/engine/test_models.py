@@ -64,10 +64,10 @@ def test_features_then_head_equals_the_model(name, head_scope):
 
 def test_layout_finds_batchnorm_by_type_including_downsample():
     model = create_backbone("tiny_resnet", 3, "none")
-    layout = model_layout(model, model_blocks(model, "tiny_resnet"))
+    layout = model_layout(model, model_blocks(model, "tiny_resnet"), "fc")
     assert "layer1.0.downsample.1.weight" in layout.norm_params  # no "bn" in its name
     assert "layer1.0.conv1.weight" not in layout.norm_params
-    assert layout.modules["fc"] == ("fc.weight", "fc.bias")
+    assert layout.modules["fc"] == ("fc.weight", "fc.bias") and layout.new_params == {"fc.weight", "fc.bias"}
     assert set(layout.bias_params) == {n for n, _ in model.named_parameters() if n.endswith(".bias")}
     assert list(block_modules(model, "tiny_resnet"))[-1] == HEAD
 

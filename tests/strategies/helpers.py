@@ -1,15 +1,11 @@
 """Small builders shared by the strategy tests."""
 from __future__ import annotations
 
-from engine.models import create_backbone, model_blocks, model_layout
-from strategies.protocol import ModelLayout
+from engine.models import backbone_spec, create_backbone, model_blocks, model_layout
 
 
 def tiny_layout(backbone: str = "tiny_resnet", num_classes: int = 3):
     """(model, layout) of a tiny backbone with fresh weights."""
     model = create_backbone(backbone, num_classes, "none")
-    return model, model_layout(model, model_blocks(model, backbone))
+    return model, model_layout(model, model_blocks(model, backbone), backbone_spec(backbone).head_layer)
 
-
-def head_params(layout: ModelLayout) -> set[str]:
-    return set(layout.blocks[layout.head_block])

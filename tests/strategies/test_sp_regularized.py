@@ -4,7 +4,12 @@ import torch
 from strategies import create_strategy
 from strategies.protocol import Progress
 from strategies.sp_regularized import SpConfig
-from tests.strategies.helpers import head_params, tiny_layout
+from tests.strategies.helpers import tiny_layout
+
+# w_H, written out: the replaced classifier layer only; the rest of a head block starts pretrained.
+NEW_HEAD = {"tiny_resnet": {"fc.weight", "fc.bias"},
+            "tiny_densenet": {"classifier.weight", "classifier.bias"},
+            "tiny_vgg": {"classifier.6.weight", "classifier.6.bias"}}
 
 
 def _perturbed(model):
@@ -19,15 +24,16 @@ def _perturbed(model):
 
 @pytest.mark.parametrize("name", ["l1_sp", "l2_sp"])
 @pytest.mark.parametrize("exclude", [False, True])
-def test_sp_grad_matches_closed_form(name, exclude):
-    model, layout = tiny_layout()
+@pytest.mark.parametrize("backbone", list(NEW_HEAD))
+def test_sp_grad_matches_closed_form(name, exclude, backbone):
+    model, layout = tiny_layout(backbone)
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = SpConfig(name=name, alpha=0.03, beta=0.02, exclude_bn_and_bias=exclude)
     strategy = create_strategy(cfg, layout, dict(model.named_parameters()), 5)
     names, params, grads = _perturbed(model)
     before = [g.clone() for g in grads]
     strategy.extra_grad_(names, params, grads)
-    head = head_params(layout)
+    head = NEW_HEAD[backbone]
     skipped = layout.norm_params | layout.bias_params if exclude else set()
     for n, w, g0, g in zip(names, params, before, grads):
         if n in head:

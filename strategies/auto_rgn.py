@@ -9,9 +9,15 @@ gradients, smoothed, with no extra forward/backward pass.
 
 At module granularity a module's ratio is sqrt(sum ||g_i||^2) / sqrt(sum ||w_i||^2) over its
 tensors, from the batch-averaged gradient norms; all its tensors get that scale.
+
+A layer whose weights are all zero (a zero-initialised bias) has no relative gradient norm: its
+ratio would be ||g|| / eps and would dwarf every other layer's. It is left out of the maximum and
+trains at the full rate. Measurements that are not finite (an fp16 overflow) are not used: the
+scales stay as they were.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,6 +26,10 @@ from torch import Tensor
 
 from strategies import register_strategy
 from strategies.protocol import EpochPlan, ModelLayout, Progress, TensorNorms
+
+log = logging.getLogger(__name__)
+
+MIN_WEIGHT_NORM = 1e-8  # below this a layer's weights count as all zero
 
 
 @dataclass
@@ -41,19 +51,28 @@ class AutoRgnOnlineConfig:
     smoothing: float = 0.9  # weight of the previous ratios in the moving average
 
 
-def rgn_scales(ratios: Tensor) -> Tensor:
-    """ratios / max(ratios); all ones when every ratio is 0 (nothing to rank by)."""
-    top = ratios.max()
-    return torch.where(top > 0, ratios / top.clamp_min(torch.finfo(ratios.dtype).tiny), torch.ones_like(ratios))
+def rgn_scales(ratios: Tensor, ranked: Tensor | None = None) -> Tensor:
+    """ratios / max(ratios[ranked]), at most 1; 1 where not ranked, and everywhere when the max is 0.
+
+    Args:
+        ratios: (n,) float.
+        ranked: (n,) bool, the layers that take part in the maximum (default: all).
+    """
+    ranked = torch.ones_like(ratios, dtype=torch.bool) if ranked is None else ranked
+    top = torch.where(ranked, ratios, torch.zeros_like(ratios)).max()
+    scaled = (ratios / top.clamp_min(torch.finfo(ratios.dtype).tiny)).clamp_max(1.0)
+    return torch.where(ranked & (top > 0), scaled, torch.ones_like(ratios))
 
 
-def module_ratios(grad_norms: Tensor, weight_norms: Tensor, members: Tensor, num_modules: int) -> Tensor:
-    """Per-tensor ratio of the module each tensor belongs to (`members[i]` = module index of tensor i)."""
+def module_norms(grad_norms: Tensor, weight_norms: Tensor, members: Tensor,
+                 num_modules: int) -> tuple[Tensor, Tensor]:
+    """Per-tensor (gradient norm, weight norm) of the module each tensor belongs to
+    (`members[i]` = module index of tensor i)."""
     g2 = torch.zeros(num_modules, dtype=grad_norms.dtype, device=grad_norms.device)
     w2 = torch.zeros_like(g2)
     g2.index_add_(0, members, grad_norms.square())
     w2.index_add_(0, members, weight_norms.square())
-    return (g2.sqrt() / w2.sqrt().clamp_min(1e-12))[members]
+    return g2.sqrt()[members], w2.sqrt()[members]
 
 
 @dataclass
@@ -75,21 +94,26 @@ class AutoRgn:
     def extra_grad_(self, names, params, grads) -> None:
         pass
 
-    def _layer_ratios(self, norms: TensorNorms) -> Tensor:
+    def _layer_ratios(self, norms: TensorNorms) -> tuple[Tensor, Tensor]:
+        """Per tensor: the RGN of its layer, and whether that layer's weights are not all zero."""
         if self.cfg.granularity == "tensor":
-            return norms.ratios
+            return norms.ratios.float(), norms.weight_norms > MIN_WEIGHT_NORM
         owner = {p: i for i, params in enumerate(self.layout.modules.values()) for p in params}
         members = torch.tensor([owner[n] for n in norms.names], device=norms.ratios.device)
-        return module_ratios(norms.grad_norms, norms.weight_norms, members, len(self.layout.modules))
+        grad, weight = module_norms(norms.grad_norms, norms.weight_norms, members, len(self.layout.modules))
+        return (grad / weight.clamp_min(MIN_WEIGHT_NORM)).float(), weight > MIN_WEIGHT_NORM
 
-    def update_scales(self, norms: TensorNorms) -> dict[str, float]:
-        ratios = self._layer_ratios(norms).float()
+    def update_scales(self, norms: TensorNorms) -> dict[str, float] | None:
+        ratios, ranked = self._layer_ratios(norms)
+        # One host transfer per refresh: the optimizer's group learning rates are Python floats.
+        if not bool(torch.isfinite(ratios).all()):
+            log.warning("%s: non-finite gradient norms (fp16 overflow?); keeping the previous scales", self.name)
+            return None
         if self.online:
             s = self.cfg.smoothing
             self.smoothed = ratios if self.smoothed is None else s * self.smoothed + (1 - s) * ratios
             ratios = self.smoothed
-        # One host transfer per refresh: the optimizer's group learning rates are Python floats.
-        self.scales = dict(zip(norms.names, rgn_scales(ratios).tolist()))
+        self.scales = dict(zip(norms.names, rgn_scales(ratios, ranked).tolist()))
         return self.scales
 
     def state_dict(self) -> dict:

@@ -46,13 +46,15 @@ class DataParallel:
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         return engine
 
-    def mean_(self, tensor: torch.Tensor) -> torch.Tensor:
-        torch.distributed.all_reduce(tensor)
-        return tensor.div_(self.world)
-
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         torch.distributed.all_reduce(tensor)
         return tensor
+
+    def mean_grads_(self, grads: list[torch.Tensor]) -> None:
+        """Averages gradients over the ranks in place (a backward that DeepSpeed did not run)."""
+        for grad in grads:
+            torch.distributed.all_reduce(grad)
+        torch._foreach_div_(grads, self.world)
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every rank's rows (shards differ in length by at most one), concatenated in rank order."""

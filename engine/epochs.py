@@ -74,6 +74,14 @@ def train_step(ctx: RunContext, images: torch.Tensor, labels: torch.Tensor, step
     return loss
 
 
+def _empty_step(ctx: RunContext) -> None:
+    """A data-parallel step with no sample on this rank (every image of its share unreadable):
+    zero gradients, so that the collectives of the other ranks' step complete."""
+    ctx.model.zero_grad(set_to_none=True)
+    ctx.engine.backward(sum(p.sum() for p in ctx.trainable_params) * 0.0)
+    ctx.engine.step()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -102,6 +110,9 @@ def run_train_epoch(ctx: RunContext, loader, plan: EpochPlan, epoch: int, forwar
             break
         skipped += len(batch.skipped)
         if batch.labels.numel() == 0:
+            if ctx.engine is not None:  # the other ranks wait for this one's gradients
+                _empty_step(ctx)
+                step += 1
             continue
         images, labels = ctx.to_device(batch.images, batch.labels)
         loss_sum += train_step(ctx, images, labels, step, epoch, forward) * labels.numel()
@@ -170,9 +181,13 @@ def calibration_norms(ctx: RunContext, loader, plan: EpochPlan, epoch: int) -> T
             break
         if batch.labels.numel() == 0:
             continue
-        # No optimizer exists yet for this epoch, so no loss scaling (fp16 calibration is unscaled).
-        _backward(ctx, *ctx.to_device(batch.images, batch.labels), scaled=False)
+        # No optimizer exists yet for this epoch, so no loss scaling (fp16 calibration is unscaled);
+        # in data-parallel mode the plain model, since DeepSpeed's engine owns every backward it runs.
+        _backward(ctx, *ctx.to_device(batch.images, batch.labels), scaled=False,
+                  forward=ctx.model if ctx.engine is not None else None)
         grads = _grads(ctx)
+        if ctx.parallel is not None:  # the norms of the global batch's gradient, as one process measures
+            ctx.parallel.mean_grads_(grads)
         grad_sq, weight_sq, ratio = multi_tensor_norm(grads, weights)
         for key, value in (("norm", grad_sq.sqrt()), ("sq", grad_sq), ("ratio", ratio)):
             sums[key] = sums[key] + value if key in sums else value
@@ -185,7 +200,5 @@ def calibration_norms(ctx: RunContext, loader, plan: EpochPlan, epoch: int) -> T
     if count == 0:
         raise ValueError("no training batch for the strategy's calibration")
     sum_sq, _, _ = multi_tensor_norm(grad_sum, weights)
-    fields = [sums["norm"] / count, weight_sq.sqrt(), sums["ratio"] / count, sum_sq.sqrt() / count, sums["sq"] / count]
-    if ctx.parallel is not None:  # the ranks measured different batches: they must agree on the scales
-        fields = [ctx.parallel.mean_(f) for f in fields]
-    return TensorNorms(tuple(ctx.trainable_names), *fields[:3], mean_grad_norms=fields[3], grad_sq_means=fields[4])
+    return TensorNorms(tuple(ctx.trainable_names), sums["norm"] / count, weight_sq.sqrt(), sums["ratio"] / count,
+                       mean_grad_norms=sum_sq.sqrt() / count, grad_sq_means=sums["sq"] / count)

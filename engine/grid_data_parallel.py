@@ -14,10 +14,10 @@ from dataclasses import replace
 
 import torch
 
-from engine.claims import try_claim
+from engine.claims import failed_attempts, try_claim
 from engine.config import CellConfig
 from engine.distributed import init_data_parallel
-from engine.trainer import cell_dir, train_cell
+from engine.trainer import RESULT_FILE, cell_dir, train_cell
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,15 @@ def work_data_parallel(cells: list[CellConfig], grid, worker, progress, cache) -
     from engine.grid import cell_state, run_cell
 
     parallel = init_data_parallel(grid.grid.zero_stage)
+
+    def settle(cfg: CellConfig, claim) -> float:
+        return run_cell(cfg, claim, grid, cache, worker)
     while True:
         choice, claim = _WAIT, None
         if parallel.is_main:
             states = {cfg.cell_id: cell_state(cfg, grid) for cfg in cells}
             progress.update(states)
-            choice, claim = _next_cell(cells, states, grid)
+            choice, claim = _next_cell(cells, states, grid, settle)
         shared = [choice, states if parallel.is_main else None]
         torch.distributed.broadcast_object_list(shared, src=0)
         choice, states = shared
@@ -49,17 +52,26 @@ def work_data_parallel(cells: list[CellConfig], grid, worker, progress, cache) -
             continue
         cfg = cells[choice]
         if parallel.is_main:
-            progress.cell_s.append(run_cell(cfg, claim, grid, cache, worker))
+            progress.cell_s.append(settle(cfg, claim))
         else:
             _follow(cfg, cache)
 
 
-def _next_cell(cells: list[CellConfig], states: dict[str, str], grid) -> tuple[int, object]:
+def _next_cell(cells: list[CellConfig], states: dict[str, str], grid, settle) -> tuple[int, object]:
+    """Rank 0's pick: a claimed cell that will train. A claimed cell that will not (finished by
+    someone else meanwhile, or out of retries once a takeover is counted) is settled here by
+    `settle` (run_cell records and releases it at once), so that the other ranks never start a
+    cell rank 0 does not train."""
     pending = [i for i, cfg in enumerate(cells) if states[cfg.cell_id] == "pending"]
     for i in pending:
-        claim = try_claim(cell_dir(cells[i]), grid.grid.stale_after_s)
-        if claim is not None:
-            return i, claim
+        out = cell_dir(cells[i])
+        claim = try_claim(out, grid.grid.stale_after_s)
+        if claim is None:
+            continue
+        if (out / RESULT_FILE).is_file() or failed_attempts(out) + bool(claim.took_over) > grid.grid.retries:
+            settle(cells[i], claim)
+            continue
+        return i, claim
     return (_WAIT if pending or "running" in states.values() else _DONE), None
 
 

@@ -23,7 +23,8 @@ from engine.distributed import DataParallel, init_data_parallel
 from engine.data.sharding import shard_batches
 from engine.feature_cache import (FeatureCache, build_feature_rows, cache_applies, shared_rows,
                                   weights_fingerprint)
-from engine.models import block_modules, create_backbone, features_and_head, model_blocks, model_layout
+from engine.models import (backbone_spec, block_modules, create_backbone, features_and_head, model_blocks,
+                           model_layout)
 from engine.optim import build_optimizer, epoch_lr, param_groups, set_group_lrs, trainable_param_names
 from strategies import create_strategy
 from strategies.protocol import EpochPlan, ModelLayout, Strategy
@@ -162,9 +163,9 @@ class RunContext:
             features, head_module = features_and_head(self.model, cfg.model.backbone, cfg.model.head_scope)
             seed, shard = cfg.trainer.seed, self.shard
             # Same images, same backbone weights, same precision and shard: the same features.
-            same_features = (json.dumps(to_dict(cfg.data), sort_keys=True), cfg.model.backbone,
-                             cfg.model.head_scope, weights_fingerprint(features), str(self.device),
-                             str(self.amp_dtype), self.channels_last, shard)
+            same_features = (json.dumps(to_dict(cfg.data), sort_keys=True), _pixel_source(loaders.train),
+                             cfg.model.backbone, cfg.model.head_scope, weights_fingerprint(features),
+                             str(self.device), str(self.amp_dtype), self.channels_last, shard)
 
             def cache(ordered, split, batch_size, shuffle, positions):
                 samples = index.splits[split]
@@ -225,6 +226,16 @@ class RunContext:
                 "skipped_images": self.counters["skipped_images"], "device": str(self.device)}
 
 
+def _pixel_source(batches) -> tuple[str, ...]:
+    """The classes that decode a loader's images (data.loader=auto may pick another one per cell:
+    their pixels differ by a level or so, so their features are not interchangeable)."""
+    chain, node = [], batches
+    while node is not None:
+        chain.append(type(node).__name__)
+        node = getattr(node, "decoder", None) or getattr(node, "inner", None)
+    return tuple(chain)
+
+
 def build_context(cfg: CellConfig, index) -> RunContext:
     """Builds model, strategy and precision settings for one cell (the optimizer comes with a plan)."""
     parallel = init_data_parallel(cfg.trainer.zero_stage) if cfg.trainer.data_parallel else None
@@ -240,7 +251,7 @@ def build_context(cfg: CellConfig, index) -> RunContext:
     model = create_backbone(cfg.model.backbone, len(index.classes), cfg.model.weights)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     blocks = model_blocks(model, cfg.model.backbone, cfg.model.head_scope)
-    layout = model_layout(model, blocks)
+    layout = model_layout(model, blocks, backbone_spec(cfg.model.backbone).head_layer)
     # Not copied: a strategy that keeps the pretrained values (SP's anchors) clones what it needs.
     strategy = create_strategy(cfg.strategy, layout, {n: p.detach() for n, p in model.named_parameters()},
                                cfg.trainer.epochs)

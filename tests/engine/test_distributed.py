@@ -47,7 +47,8 @@ def _losses(cfg):
 
 @pytest.mark.skipif(shutil.which("deepspeed", path=os.path.dirname(sys.executable)) is None,
                     reason="the deepspeed launcher is not installed")
-@pytest.mark.parametrize("strategy", ["ft", pytest.param("l2_sp", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("strategy", ["ft", pytest.param("l2_sp", marks=pytest.mark.slow),
+                                      pytest.param("auto_rgn", marks=pytest.mark.slow)])
 def test_two_rank_data_parallel_cell_matches_one_process_with_the_global_batch(demo_data, tmp_path, strategy):
     script = tmp_path / "cell.py"
     script.write_text(SCRIPT)

@@ -58,6 +58,10 @@ class OptimConfig:
     impl: Literal["auto", "fused", "foreach", "apex"] = "auto"
     grad_clip_norm: float | None = None
 
+    def __post_init__(self):
+        _at_least("optim", lr=(self.lr, 0.0), weight_decay=(self.weight_decay, 0.0),
+                  t_max_epochs=(self.t_max_epochs, 1), grad_clip_norm=(self.grad_clip_norm, 0.0))
+
 
 @dataclass
 class TrainerConfig:
@@ -79,6 +83,17 @@ class TrainerConfig:
     # batch size stays the global one and is divided among the ranks.
     data_parallel: bool = False
     zero_stage: int = 0
+
+    def __post_init__(self):
+        _at_least("trainer", epochs=(self.epochs, 1), patience=(self.patience, 1),
+                  max_steps_per_epoch=(self.max_steps_per_epoch, 1), zero_stage=(self.zero_stage, 0))
+
+
+def _at_least(section: str, **values: tuple) -> None:
+    """Raises ValueError naming `section.key` for a value below its minimum (None means unset)."""
+    for key, (value, minimum) in values.items():
+        if value is not None and value < minimum:
+            raise ValueError(f"{section}.{key} must be at least {minimum}, got {value}")
 
 
 @dataclass

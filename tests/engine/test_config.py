@@ -44,6 +44,11 @@ def test_config_yaml_round_trip_gives_the_same_config(tmp_path):
     ("strategy.alpha=1", "unknown key 'strategy.alpha'"),
     ("data=3", "'data' must be a mapping"),
     ("nonsense", "must look like key.path=value"),
+    ("trainer.epochs=0", "trainer.epochs must be at least 1"),
+    ("trainer.patience=0", "trainer.patience must be at least 1"),
+    ("trainer.max_steps_per_epoch=0", "trainer.max_steps_per_epoch must be at least 1"),
+    ("optim.lr=-0.1", "optim.lr must be at least 0"),
+    ("optim.t_max_epochs=-3", "optim.t_max_epochs must be at least 1"),
 ])
 def test_config_error_names_the_key(override, needle):
     with pytest.raises(ValueError, match=needle.replace("[", r"\[").replace("(", r"\(")):

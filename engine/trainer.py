@@ -136,13 +136,14 @@ def _save_epoch(ctx: RunContext, plan: EpochPlan, epoch: int, stopper: EarlyStop
                 is_best: bool) -> None:
     if is_best:
         checkpoint.save_torch_atomic(ctx.model.state_dict(), out / BEST_CKPT)
-    # The resume state is saved before the metrics line: a restart redoes at most this epoch.
+    # The metrics line goes first, the resume state last: a kill in between leaves a line for an
+    # epoch the restart redoes (and drops the line of), never an epoch without its line.
+    with (out / METRICS_FILE).open("a") as f:
+        f.write(json.dumps(row) + "\n")
     checkpoint.save_torch_atomic({
         "epoch": epoch + 1, "model": ctx.model.state_dict(), "optimizer": ctx.optimizer.state_dict(),
         "scaler": ctx.scaler.state_dict(), "strategy": ctx.strategy.state_dict(), "plan": asdict(plan),
         "stopper": asdict(stopper), "rng": checkpoint.rng_state()}, out / LAST_CKPT)
-    with (out / METRICS_FILE).open("a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 def _resume(ctx: RunContext, stopper: EarlyStopping, out: Path) -> tuple[int, EpochPlan | None]:

@@ -79,6 +79,27 @@ def test_resume_after_interruption_equals_uninterrupted_run(cpu_cell_config, tmp
     assert all(torch.equal(final[k], reference[k]) for k in reference)
 
 
+def test_kill_between_metrics_line_and_checkpoint_redoes_that_epoch(cpu_cell_config, tmp_path, monkeypatch):
+    overrides = ("trainer.epochs=3", "trainer.deterministic=true", "trainer.max_steps_per_epoch=2")
+    whole = cpu_cell_config(*overrides, out=tmp_path / "whole")
+    expected = train_cell(whole)
+    killed = cpu_cell_config(*overrides, out=tmp_path / "killed")
+    save = trainer.checkpoint.save_torch_atomic
+
+    def killed_saving_epoch_1(obj, path):
+        if path.name == "last.pt" and obj["epoch"] == 2:
+            raise KeyboardInterrupt("killed")
+        save(obj, path)
+    monkeypatch.setattr(trainer.checkpoint, "save_torch_atomic", killed_saving_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train_cell(killed)
+    assert [r["epoch"] for r in _rows(killed)] == [0, 1]  # epoch 1's line, but not its checkpoint
+    monkeypatch.setattr(trainer.checkpoint, "save_torch_atomic", save)
+    assert train_cell(killed)["test"] == expected["test"]
+    assert [(r["epoch"], r["train/loss"]) for r in _rows(killed)] == [(r["epoch"], r["train/loss"])
+                                                                      for r in _rows(whole)]
+
+
 def test_small_cell_learns_synthetic_data_well_above_chance(tmp_path):
     data = make_demo_dataset(tmp_path / "data", classes=3, per_class=40, size=40, seed=0)
     cfg = load_cell_config(None, [f"data.path={data}", "data.resize=36", "data.crop=32", "data.num_workers=0",

@@ -35,7 +35,7 @@ from torchvision.transforms import functional as TF
 
 from engine.config import DataConfig
 from engine.data.images import BadImageError, open_rgb
-from engine.data.sharding import check_shard, epoch_order, shard_batches  # noqa: F401 (epoch_order: re-exported)
+from engine.data.sharding import check_shard, shard_batches
 from engine.data.sources import SPLITS, DatasetIndex
 
 LOADERS = ("auto", "torchvision", "dali", "gpu_cache")

@@ -24,7 +24,8 @@ from engine.config import load_cell_config
 from engine.data.synthetic import make_demo_dataset
 from engine.feature_cache import clear_shared_rows
 from engine.models import create_backbone
-from engine.trainer import cell_dir, train_cell
+from engine.cell_files import METRICS_FILE, cell_dir
+from engine.trainer import train_cell
 
 TARGET_RATIO = 10.0
 
@@ -36,7 +37,7 @@ def epoch_seconds(data: Path, out: Path, args, cached: bool, weights: Path, seed
         "strategy.name=lp", f"trainer.epochs={args.epochs}", f"trainer.patience={args.epochs}",
         f"trainer.device={args.device}", f"trainer.feature_cache={str(cached).lower()}", f"trainer.out_dir={out}"])
     train_cell(cfg)
-    rows = [json.loads(line) for line in (cell_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (cell_dir(cfg) / METRICS_FILE).read_text().splitlines()]
     return [r["perf/feature_cache_s"] + r["perf/epoch_s"] + r["perf/val_s"] for r in rows]
 
 

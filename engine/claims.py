@@ -37,11 +37,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.cell_files import ATTEMPTS_FILE, CLAIMS_DIR, FAILURE_FILE
 from engine.checkpoint import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-CLAIMS_DIR, FAILURE_FILE, ATTEMPTS_FILE = "claims", "failure.json", "attempts.jsonl"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ def preset_path(name: str) -> Path:
 
 def _train(args) -> int:
     from engine.tracking import create_tracker
-    from engine.trainer import cell_dir, train_cell
+    from engine.cell_files import cell_dir
+    from engine.trainer import train_cell
 
     cfg = load_cell_config(args.config, args.overrides)
     if args.print_config:

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import yaml
 
+from engine.cell_files import make_cell_id
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -127,7 +129,7 @@ class CellConfig:
         if self.name:
             return self.name
         dataset = Path(self.data.path).name or "data"
-        return f"{dataset}__{self.model.backbone}__{self.strategy.name}__s{self.trainer.seed}"
+        return make_cell_id(dataset, self.model.backbone, self.strategy.name, self.trainer.seed)
 
 
 def parse_strategy(data: dict, source: str, key: str = "strategy") -> Any:

@@ -36,11 +36,11 @@ from engine.claims import Claim, append_event, failed_attempts, holder, record_f
 from engine.config import CellConfig, to_dict, to_yaml
 from engine.grid_config import GridConfig, expand_cells, load_grid_config
 from engine.tracking import create_tracker, require_wandb
-from engine.trainer import RESULT_FILE, cell_dir, train_cell
+from engine.cell_files import GRID_FILE, RESULT_FILE, cell_dir
+from engine.trainer import train_cell
 
 log = logging.getLogger(__name__)
 
-GRID_FILE = "grid.yaml"
 _MAX_POLL_S = 5.0  # how often an idle worker looks for freed or abandoned cells, at most
 
 

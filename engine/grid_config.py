@@ -12,12 +12,12 @@ import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
+from engine.cell_files import CELL_ID_SEP, CellKey
 from engine.config import CellConfig, apply_overrides, from_dict, parse_strategy, read_yaml
 
 STUDY_SEEDS = (684, 559, 629)  # ../shared/spec/strategies.md, shared protocol
-_SEP = "__"  # separates the four parts of a cell id, so no part may contain it
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Cell settings the grid's own axes decide; setting them under `cell` would be silently ignored.
 _SET_BY_GRID = {("data", "path"): "datasets[].path", ("data", "format"): "datasets[].format",
@@ -53,25 +53,6 @@ class GridConfig:
     data_root: str = ""  # relative dataset paths are under this folder
     cell: dict = field(default_factory=dict)  # shared settings: data/model/optim/trainer/tracking
     grid: GridSettings = field(default_factory=GridSettings)
-
-
-class CellKey(NamedTuple):
-    dataset: str
-    backbone: str
-    strategy: str
-    seed: int
-
-    @property
-    def cell_id(self) -> str:
-        return _SEP.join((self.dataset, self.backbone, self.strategy, f"s{self.seed}"))
-
-
-def parse_cell_id(cell_id: str) -> CellKey:
-    """The inverse of `CellKey.cell_id`. Raises ValueError for an id the grid cannot have made."""
-    parts = cell_id.split(_SEP)
-    if len(parts) != 4 or not re.fullmatch(r"s-?\d+", parts[3]):
-        raise ValueError(f"'{cell_id}' is not a grid cell id (<dataset>__<backbone>__<strategy>__s<seed>)")
-    return CellKey(parts[0], parts[1], parts[2], int(parts[3][1:]))
 
 
 def load_grid_config(path: str | Path, overrides: list[str] = ()) -> GridConfig:
@@ -171,9 +152,9 @@ def _check_names(grid: GridConfig, source: str) -> None:
     named = [("name", grid.name)] + [(f"datasets[{i}].name", d.name) for i, d in enumerate(grid.datasets)]
     named += [(f"backbones[{i}]", b) for i, b in enumerate(grid.backbones)]
     for key, value in named:
-        if not _NAME.match(value) or _SEP in value:
+        if not _NAME.match(value) or CELL_ID_SEP in value:
             raise ValueError(f"{source}: '{key}' = {value!r} must be letters, digits, '_', '.' or '-', "
-                             f"without '{_SEP}' (it becomes part of cell ids and folder names)")
+                             f"without '{CELL_ID_SEP}' (it becomes part of cell ids and folder names)")
 
 
 def _check_cell_section(cell: dict, source: str) -> None:

@@ -17,7 +17,8 @@ import torch
 from engine.claims import failed_attempts, try_claim
 from engine.config import CellConfig
 from engine.distributed import init_data_parallel
-from engine.trainer import RESULT_FILE, cell_dir, train_cell
+from engine.cell_files import RESULT_FILE, cell_dir
+from engine.trainer import train_cell
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from engine.grid_config import CellKey, cell_keys, grid_from_dict, parse_cell_id
+from engine.cell_files import FAILURE_FILE, GRID_FILE, REPORT_DIR, RESULT_FILE, CellKey, parse_cell_id
+from engine.grid_config import cell_keys, grid_from_dict
 
 METRICS = ("accuracy", "balanced_accuracy")
 BASELINE = "ft"
@@ -53,8 +54,8 @@ def load_cells(run_dir: Path) -> tuple[str, list[Cell]]:
             continue  # not a cell folder (e.g. report/)
         cells[key] = _read_cell(key, folder)
     name = run_dir.name
-    if (run_dir / "grid.yaml").is_file():
-        grid = grid_from_dict(yaml.safe_load((run_dir / "grid.yaml").read_text()), str(run_dir / "grid.yaml"))
+    if (run_dir / GRID_FILE).is_file():
+        grid = grid_from_dict(yaml.safe_load((run_dir / GRID_FILE).read_text()), str(run_dir / GRID_FILE))
         name = grid.name
         for key in cell_keys(grid):
             cells.setdefault(key, Cell(key, "not started"))
@@ -62,11 +63,11 @@ def load_cells(run_dir: Path) -> tuple[str, list[Cell]]:
 
 
 def _read_cell(key: CellKey, folder: Path) -> Cell:
-    failure = json.loads((folder / "failure.json").read_text()) if (folder / "failure.json").is_file() else {}
+    failure = json.loads((folder / FAILURE_FILE).read_text()) if (folder / FAILURE_FILE).is_file() else {}
     cell = Cell(key, "unfinished", attempts=failure.get("attempts", 0), reason=failure.get("reason", ""),
                 folder=folder)
-    if (folder / "result.json").is_file():
-        result = json.loads((folder / "result.json").read_text())
+    if (folder / RESULT_FILE).is_file():
+        result = json.loads((folder / RESULT_FILE).read_text())
         cell.status, cell.test = "done", result["test"]
         cell.train_s, cell.best_epoch = result.get("train_s"), result.get("best_epoch")
     elif failure:
@@ -206,7 +207,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
-    out = Path(out) if out else run_dir / "report"
+    out = Path(out) if out else run_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     name, cells = load_cells(run_dir)
     summary = summarize(cells)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.cell_files import METRICS_FILE
 from engine.report import BASELINE, Cell
 
 
@@ -56,7 +57,7 @@ def plot_heatmaps(summary: list[dict], out: Path) -> list[Path]:
 
 
 def _val_curve(folder: Path) -> list[float]:
-    path = folder / "metrics.jsonl"
+    path = folder / METRICS_FILE
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -136,11 +136,11 @@ def wandb_init_kwargs(cfg, grid_name: str = "") -> dict:
     """`wandb.init` arguments for one cell: a run id derived from the cell's folder, so a resumed
     cell continues the same run."""
     from engine.config import to_dict
-    from engine.trainer import cell_dir
+    from engine.cell_files import CELL_ID_SEP, cell_dir
 
     tracking, folder = cfg.tracking, cell_dir(cfg)
     run_id = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
-    dataset = cfg.cell_id.split("__")[0]
+    dataset = cfg.cell_id.split(CELL_ID_SEP)[0]
     return {"project": tracking.project, "group": tracking.group or grid_name or None, "name": cfg.cell_id,
             "job_type": cfg.strategy.name, "tags": [dataset, cfg.model.backbone, f"seed_{cfg.trainer.seed}"],
             "config": to_dict(cfg), "dir": tracking.dir or str(folder), "id": run_id, "resume": "allow",

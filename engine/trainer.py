@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from engine import checkpoint
+from engine.cell_files import BEST_CKPT, CONFIG_FILE, LAST_CKPT, METRICS_FILE, RESULT_FILE, cell_dir
 from engine.config import CellConfig, to_yaml
 from engine.data.loaders import build_loaders
 from engine.data.sources import load_index
@@ -28,8 +29,6 @@ from strategies.protocol import EpochPlan, Progress
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE, CONFIG_FILE, METRICS_FILE = "result.json", "config.yaml", "metrics.jsonl"
-LAST_CKPT, BEST_CKPT = "last.pt", "best.pt"
 
 
 @dataclass
@@ -59,10 +58,6 @@ class EarlyStopping:
     @property
     def exhausted(self) -> bool:
         return self.epochs_since_best >= self.patience
-
-
-def cell_dir(cfg: CellConfig) -> Path:
-    return Path(cfg.trainer.out_dir) / cfg.cell_id
 
 
 def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None) -> dict:

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from engine.config import load_cell_config
-from engine.trainer import cell_dir
+from engine.cell_files import cell_dir
 
 pytestmark = pytest.mark.deepspeed
 

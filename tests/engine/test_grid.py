@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from engine import cli
-from engine.claims import ATTEMPTS_FILE, CLAIMS_DIR, FAILURE_FILE, latest
+from engine.cell_files import ATTEMPTS_FILE, CLAIMS_DIR, FAILURE_FILE
+from engine.claims import latest
 from engine.grid import run_grid
 from engine.grid_config import grid_from_dict
 from engine.report import write_report

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.claims import ATTEMPTS_FILE
+from engine.cell_files import ATTEMPTS_FILE
 from tests.engine.test_grid import REPO, results, tiny_grid, write_grid
 
 pytestmark = pytest.mark.deepspeed

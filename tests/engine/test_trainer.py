@@ -8,7 +8,8 @@ from engine.config import load_cell_config
 from engine.data.sources import load_index
 from engine.data.synthetic import make_demo_dataset
 from engine.run_context import build_context
-from engine.trainer import cell_dir, train_cell
+from engine.cell_files import cell_dir
+from engine.trainer import train_cell
 
 
 def _rows(cfg):

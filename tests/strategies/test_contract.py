@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from engine.trainer import cell_dir, train_cell
+from engine.cell_files import cell_dir
+from engine.trainer import train_cell
 from strategies import list_strategies
 from tests.conftest import TINY_BACKBONES
 

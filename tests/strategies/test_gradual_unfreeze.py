@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from engine.trainer import cell_dir, train_cell
+from engine.cell_files import cell_dir
+from engine.trainer import train_cell
 from strategies import create_strategy, strategy_config_class
 from strategies.gradual_unfreeze import unfreeze_schedule
 from strategies.protocol import Progress

@@ -5,7 +5,8 @@ from engine.data.loaders import build_loaders
 from engine.data.sources import load_index
 from engine.models import block_modules
 from engine.run_context import build_context
-from engine.trainer import cell_dir, train_cell
+from engine.cell_files import cell_dir
+from engine.trainer import train_cell
 from strategies.protocol import Progress
 from tests.conftest import TINY_BACKBONES
 

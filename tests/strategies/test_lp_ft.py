@@ -6,7 +6,8 @@ import torch
 from engine.data.sources import load_index
 from engine.optim import epoch_lr
 from engine.run_context import build_context
-from engine.trainer import cell_dir, train_cell
+from engine.cell_files import cell_dir
+from engine.trainer import train_cell
 from strategies import create_strategy
 from strategies.lp_ft import LpFtConfig, lp_ft_phase
 from strategies.protocol import Progress

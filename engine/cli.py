@@ -6,15 +6,9 @@ import argparse
 import json
 import logging
 import sys
-from importlib import resources
 from pathlib import Path
 
 from engine.config import load_cell_config, to_yaml
-
-
-def preset_path(name: str) -> Path:
-    """A YAML preset shipped in configs/ (installed with the package)."""
-    return Path(str(resources.files("configs") / name))
 
 
 def _train(args) -> int:
@@ -51,7 +45,7 @@ def _strategies(args) -> int:
 
 
 def _grid(args) -> int:
-    from engine.grid import grid_command
+    from engine.grid.__main__ import grid_command
 
     return grid_command(args)
 
@@ -105,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_grid_commands(sub) -> None:
-    from engine.grid import add_grid_arguments
+    from engine.grid.__main__ import add_grid_arguments
 
     grid = sub.add_parser("grid", help="run a grid of cells (with any number of processes or hosts at once)")
     add_grid_arguments(grid)

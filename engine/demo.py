@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from engine.cli import preset_path
+from configs import preset_path
 from engine.config import apply_overrides, read_yaml
 from engine.data.synthetic import make_demo_dataset
-from engine.grid import run_grid
-from engine.grid_config import dataset_path, grid_from_dict
+from engine.grid.config import dataset_path, grid_from_dict
+from engine.grid.run import run_grid
 from engine.report import write_report
 
 DEMO_IMAGES_PER_CLASS = 80

@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from engine.cell_files import FAILURE_FILE, GRID_FILE, REPORT_DIR, RESULT_FILE, CellKey, parse_cell_id
-from engine.grid_config import cell_keys, grid_from_dict
+from engine.grid.config import cell_keys, grid_from_dict
 
 METRICS = ("accuracy", "balanced_accuracy")
 BASELINE = "ft"

@@ -43,6 +43,12 @@ def clear_gpu_cache() -> None:
     _CACHES.clear()
 
 
+def release_dataset(root: str) -> None:
+    """Forgets every cached split of the dataset at `root` (see `clear_gpu_cache`)."""
+    for key in [key for key in _CACHES if key[0] == root]:
+        del _CACHES[key]
+
+
 def cache_bytes(num_samples: int, crop: int) -> int:
     """Bytes of `num_samples` uint8 (crop, crop, 3) crops."""
     return num_samples * crop * crop * 3

@@ -65,7 +65,7 @@ def test_config_error_names_the_file(tmp_path):
 
 
 def test_configs_every_shipped_yaml_loads():
-    from engine.grid_config import cell_keys, load_grid_config
+    from engine.grid.config import cell_keys, load_grid_config
 
     root = Path(str(resources.files("configs")))
     found = sorted(root.rglob("*.yaml"))

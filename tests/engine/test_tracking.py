@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from engine import cli, tracking
-from engine.grid import run_grid
-from engine.grid_config import grid_from_dict
+from engine.grid.run import run_grid
+from engine.grid.config import grid_from_dict
 from engine.tracking import NullTracker, create_tracker, offline_runs, sync_offline_runs
 from engine.trainer import train_cell
 from tests.engine.test_grid import tiny_grid

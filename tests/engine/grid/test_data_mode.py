@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.cell_files import ATTEMPTS_FILE
-from tests.engine.test_grid import REPO, results, tiny_grid, write_grid
+from tests.engine.grid.test_cells_mode import REPO, results, tiny_grid, write_grid
 
 pytestmark = pytest.mark.deepspeed
 

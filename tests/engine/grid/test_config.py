@@ -3,9 +3,9 @@ import copy
 import pytest
 import yaml
 
-from engine.cli import preset_path
+from configs import preset_path
 from engine.cell_files import CellKey, parse_cell_id
-from engine.grid_config import cell_keys, expand_cells, grid_from_dict, load_grid_config
+from engine.grid.config import cell_keys, expand_cells, grid_from_dict, load_grid_config
 from strategies.sp_regularized import SpConfig
 
 BASE = {"name": "g", "out_dir": "runs/g", "datasets": [{"name": "shapes", "path": "shapes"}],

@@ -5,7 +5,8 @@ import sys
 import threading
 import time
 
-from engine.claims import CLAIMS_DIR, latest, try_claim
+from engine.cell_files import CLAIMS_DIR
+from engine.grid.claims import latest, try_claim
 
 
 def _plant(cell, number=1, **fields):

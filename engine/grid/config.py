@@ -39,6 +39,9 @@ class GridSettings:
     heartbeat_s: float = 30.0  # how often a worker refreshes its claim
     stale_after_s: float = 300.0  # a claim not refreshed for this long is taken over
     zero_stage: Literal[0, 1, 2, 3] = 0  # DeepSpeed ZeRO stage for parallel=data
+    # Datasets a worker keeps loaded (index and decoded images) for the cells that follow. Cells are
+    # dataset-major, so one serves a worker's run; each more costs one dataset's device or pinned memory.
+    dataset_cache_size: int = 1
 
 
 @dataclass
@@ -81,6 +84,8 @@ def grid_from_dict(data: dict, source: str) -> GridConfig:
     _check_cell_section(grid.cell, source)
     if grid.grid.retries < 0 or grid.grid.heartbeat_s <= 0:
         raise ValueError(f"{source}: 'grid.retries' must be >= 0 and 'grid.heartbeat_s' > 0")
+    if grid.grid.dataset_cache_size < 1:
+        raise ValueError(f"{source}: 'grid.dataset_cache_size' must be at least 1, got {grid.grid.dataset_cache_size}")
     if grid.grid.stale_after_s < 2 * grid.grid.heartbeat_s:
         raise ValueError(f"{source}: 'grid.stale_after_s' must be at least twice 'grid.heartbeat_s' "
                          f"({grid.grid.stale_after_s} < 2 * {grid.grid.heartbeat_s}): a live claim would look dead")

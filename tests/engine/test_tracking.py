@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from engine import cli, tracking
-from engine.grid.run import run_grid
 from engine.grid.config import grid_from_dict
+from engine.grid.run import run_grid
 from engine.tracking import NullTracker, create_tracker, offline_runs, sync_offline_runs
 from engine.trainer import train_cell
-from tests.engine.test_grid import tiny_grid
+from tests.engine.grid.helpers import tiny_grid
 
 _BLOCK = 32 * 1024  # the .wandb file is a LevelDB-style log of 32 KiB blocks after a 7-byte header
 

@@ -177,11 +177,13 @@ def test_gpu_cache_holds_at_most_the_bound_of_datasets_least_recently_used_forgo
 def test_gpu_cache_reuses_a_dataset_still_within_the_bound(four_datasets, monkeypatch):
     monkeypatch.setattr(gpu_cache, "MAX_CACHED_DATASETS", 2)
     first = _use(four_datasets[0]).train.decoder
-    _use(four_datasets[1])
+    second = _use(four_datasets[1]).train.decoder
     assert _use(four_datasets[0]).train.decoder is first  # kept: no decoding again
+    decoded = first.decoded
     _use(four_datasets[2])  # forgets dataset 1, the least recently used
-    assert _use(four_datasets[0]).train.decoder is first
-    assert _use(four_datasets[1]).train.decoder.decoded > 0  # decoded again from scratch
+    assert _use(four_datasets[0]).train.decoder is first and first.decoded == decoded
+    again = _use(four_datasets[1]).train.decoder
+    assert again is not second and again.decoded == second.decoded  # decoded again from scratch
 
 
 def test_release_dataset_forgets_its_splits_and_frees_their_images(four_datasets):

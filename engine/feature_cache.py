@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.data.loaders import Batch
+from engine.data.batches import Batch
 
 
 def cache_applies(plan, augment: bool, trainable: list[str], head_params: tuple[str, ...]) -> bool:

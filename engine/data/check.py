@@ -24,7 +24,8 @@ from pathlib import Path
 
 from engine.config import DataConfig
 from engine.data.images import FORMAT_EXTENSIONS, BadImageError, open_rgb, sniff_bytes
-from engine.data.sources import SPLITS, DatasetIndex, detect_format, load_index_as_found
+from engine.data.dataset_index import SPLITS, DatasetIndex
+from engine.data.sources import detect_format, load_index_as_found
 
 MAX_LISTED = 20  # entries printed per list; the report object keeps all of them
 

@@ -7,7 +7,7 @@ protocol), with a `CropDecoder`: DALI, the PIL reference (`PilCropDecoder`, exac
 torchvision backend's pixels) or the GPU cache. `CropBatches` then does the rest, on the device:
 - the (B, H, W, 3) batch is permuted to (B, 3, H, W): a view, not a copy, because NHWC memory
   *is* NCHW channels-last (asserted);
-- augmentation when asked: the horizontal flip and rotation of `loaders.augment_draw`, the same
+- augmentation when asked: the horizontal flip and rotation of `batches.augment_draw`, the same
   draws as the torchvision backend, applied with `grid_sample` (bilinear, black fill);
 - ToTensor's x / 255 and Normalize's (x - mean) / std with the same float32 operations as
   torchvision, so crops equal to PIL's give bit-identical tensors; then the requested dtype.
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 
 from engine.config import DataConfig
 from engine.data.images import BadImageError
-from engine.data.loaders import Batch, Loaders, augment_draw, protocol_resize_crop, read_sample
+from engine.data.batches import Batch, Loaders, augment_draw, protocol_resize_crop, read_sample
+from engine.data.dataset_index import DatasetIndex
 from engine.data.sharding import shard_batches
-from engine.data.sources import DatasetIndex
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class CropBatches:
         decoder: makes the crops (DALI, PIL or the GPU cache).
         labels: int64 (N,) the split's labels.
         batch_size, seed, shuffle, shard: the batches, as `sharding.shard_batches`.
-        augment: flip/rotate with `loaders.augment_draw` (train only).
+        augment: flip/rotate with `batches.augment_draw` (train only).
         cfg: mean, std and on_bad_image.
         dtype: image dtype handed to the model.
     """

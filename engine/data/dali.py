@@ -32,10 +32,10 @@ import torch
 from PIL import Image
 
 from engine.config import DataConfig
+from engine.data.batches import Loaders
 from engine.data.crops import Decoded, PilCropDecoder, crop_loaders, crop_roi
+from engine.data.dataset_index import SPLITS, DatasetIndex
 from engine.data.images import sniff_image_format
-from engine.data.loaders import Loaders
-from engine.data.sources import SPLITS, DatasetIndex
 
 DALI_FORMATS = frozenset({"jpeg", "png", "bmp", "tiff"})
 DALI_MODES = frozenset({"RGB", "L"})  # 8 bits per channel, no alpha: DALI's RGB equals open_rgb's

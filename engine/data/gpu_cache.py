@@ -14,27 +14,40 @@ a CPU device, in host memory.
 
 Caches are module-level, keyed by dataset (root, split, a hash of the sample list), transform
 (resize, crop), inner decoder and device, so the next cell of a grid in the same process (the
-next seed or strategy) reuses them without decoding; `clear_gpu_cache()` frees them. Unreadable
-images are remembered by position and reported (`Batch.skipped`) every time they come up.
+next seed or strategy) reuses them without decoding. Unreadable images are remembered by
+position and reported (`Batch.skipped`) every time they come up.
+
+Bound: the caches of at most MAX_CACHED_DATASETS dataset roots, the most recently used ones
+(LRU). Before a new root's first split is allocated, the least recently used roots are
+forgotten, so a grid worker going through six datasets holds the images of at most that many.
+`release_dataset(root)` forgets one root's splits (the grid calls it when its own dataset cache
+evicts that dataset), `clear_gpu_cache()` all of them. Forgotten images are freed once no loader
+holds them any more (a cell's loaders go when the cell ends).
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from collections import OrderedDict
 
 import numpy as np
 import torch
 
 from engine.config import DataConfig
+from engine.data.batches import Loaders
 from engine.data.crops import CropDecoder, Decoded, PilCropDecoder, crop_loaders
-from engine.data.loaders import Loaders
-from engine.data.sources import SPLITS, DatasetIndex
+from engine.data.dataset_index import SPLITS, DatasetIndex
 
 # The cache may take this share of the free GPU memory: the model, its optimizer state and
 # activations need the rest.
 FREE_MEMORY_SHARE = 0.5
+# Dataset roots whose decoded images stay cached: the grid's dataset cache keeps 1-2 datasets
+# too, and one dataset of the study's size takes a large share of a GPU's free memory.
+MAX_CACHED_DATASETS = 2
 INNER_DECODERS = ("auto", "dali", "pil")
-_CACHES: dict[tuple, "CachedCrops"] = {}
+# cache_key -> cache, least recently used first; key[0] is the dataset root.
+_CACHES: OrderedDict[tuple, "CachedCrops"] = OrderedDict()
 log = logging.getLogger(__name__)
 
 
@@ -43,10 +56,31 @@ def clear_gpu_cache() -> None:
     _CACHES.clear()
 
 
-def release_dataset(root: str) -> None:
-    """Forgets every cached split of the dataset at `root` (see `clear_gpu_cache`)."""
-    for key in [key for key in _CACHES if key[0] == root]:
+def release_dataset(root: str) -> int:
+    """Forgets every cached split of the dataset at `root` (its memory is freed once no loader
+    holds them); returns how many were forgotten (0 when none was cached)."""
+    forgotten = [key for key in _CACHES if _same_root(key[0], root)]
+    for key in forgotten:
         del _CACHES[key]
+    return len(forgotten)
+
+
+def cached_roots() -> list[str]:
+    """The dataset roots in the cache, least recently used first."""
+    return list(reversed(dict.fromkeys(key[0] for key in reversed(_CACHES))))
+
+
+def _same_root(cached: str, root: str | os.PathLike) -> bool:
+    # The grid may name a dataset by another spelling of the path than the index it loaded.
+    return cached == str(root) or os.path.realpath(cached) == os.path.realpath(os.path.expanduser(root))
+
+
+def _make_room_for(root: str) -> None:
+    """Forgets the least recently used roots until `root` fits in MAX_CACHED_DATASETS."""
+    others = [r for r in cached_roots() if r != root]
+    for old in others[:max(0, len(others) - (MAX_CACHED_DATASETS - 1))]:
+        log.info("gpu_cache: forgetting %s (%d cached datasets at most)", old, MAX_CACHED_DATASETS)
+        release_dataset(old)
 
 
 def cache_bytes(num_samples: int, crop: int) -> int:
@@ -85,15 +119,18 @@ def build_gpu_cache_loaders(index: DatasetIndex, cfg: DataConfig, seed: int, dev
 
 
 def cached_crops(index: DatasetIndex, split: str, cfg: DataConfig, device: torch.device, inner: str) -> "CachedCrops":
-    """The cache of one split: the one already in this process when the key matches, else a new one."""
+    """The cache of one split: the one already in this process when the key matches, else a new one
+    (after forgetting the least recently used datasets beyond MAX_CACHED_DATASETS)."""
     key = cache_key(index, split, cfg, device, inner)
     if key not in _CACHES:
+        _make_room_for(key[0])
         if inner == "dali":
             from engine.data.dali import DaliCropDecoder
             decoder = DaliCropDecoder(index, split, cfg, device)
         else:
             decoder = PilCropDecoder(index, split, cfg, device)
         _CACHES[key] = CachedCrops(decoder, len(index.splits[split]), cfg.crop)
+    _CACHES.move_to_end(key)
     return _CACHES[key]
 
 

@@ -6,7 +6,8 @@
 - **csv**: a manifest with a header `path,label[,split]` (extra columns are ignored), paths
   relative to the manifest's folder, labels class names or non-negative integers.
 - **npz**: MedMNIST style, `{train,val,test}_images` (N,H,W) or (N,H,W,C) uint8 and
-  `{train,val,test}_labels` (N,) or (N,1).
+  `{train,val,test}_labels` (N,) or (N,1) (read by `npz.py`).
+The index's types (`Sample`, `DatasetIndex`, `SPLITS`) are `dataset_index.py`'s.
 
 Rules shared by all formats:
 - Classes are sorted (integer labels numerically) and a label is the class's position.
@@ -28,56 +29,17 @@ from __future__ import annotations
 
 import csv
 import re
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
-
-import numpy as np
 
 from engine.config import DataConfig
+from engine.data.dataset_index import SPLITS, DatasetIndex, Sample, require_two_classes
 from engine.data.images import sniff_image_format
-from engine.data.splits import SPLITS, complete_splits
+from engine.data.npz import regroup_arrays_, scan_npz
+from engine.data.splits import complete_splits
 
 FORMATS = ("imagefolder", "csv", "npz")
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 _INT_LABEL = re.compile(r"^[+-]?\d+$")
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One example: a file path, or an index into `DatasetIndex.arrays[split]` (npz)."""
-
-    source: str | int
-    label: int
-
-
-@dataclass
-class DatasetIndex:
-    """Everything a loader or the data check needs to know about a dataset.
-
-    Attributes:
-        root: the dataset path as configured (folder, manifest or .npz file).
-        classes: class names; a sample's label indexes this list.
-        splits: 'train', 'val' and 'test' -> samples, in a deterministic order.
-        skipped: reason -> number of entries skipped while indexing.
-        skipped_files: (path, reason) for every skipped entry.
-        arrays: npz only, split -> uint8 images (N,H,W) or (N,H,W,C); else None.
-        split_origin: 'data' when all three splits come from the data, 'stratified' otherwise.
-    """
-
-    root: Path
-    classes: list[str]
-    splits: dict[str, list[Sample]]
-    skipped: Counter = field(default_factory=Counter)
-    skipped_files: list[tuple[str, str]] = field(default_factory=list)
-    arrays: dict[str, np.ndarray] | None = None
-    split_origin: Literal["data", "stratified"] = "data"
-
-    def skip(self, path: str | Path, reason: str) -> None:
-        """Records one skipped entry."""
-        self.skipped[reason] += 1
-        self.skipped_files.append((str(path), reason))
 
 
 def load_index(cfg: DataConfig) -> DatasetIndex:
@@ -98,7 +60,7 @@ def load_index(cfg: DataConfig) -> DatasetIndex:
     given = index.splits
     index.splits, index.split_origin = complete_splits(given, cfg.split_fractions, cfg.split_seed)
     if index.arrays is not None:
-        _regroup_arrays_(index, given)
+        regroup_arrays_(index, given)
     return index
 
 
@@ -114,7 +76,7 @@ def load_index_as_found(cfg: DataConfig) -> DatasetIndex:
     _check_split_config(cfg)
     fmt = detect_format(path, cfg.format)
     index = DatasetIndex(root=path, classes=[], splits={})
-    scan = {"imagefolder": _scan_image_folder, "csv": _scan_manifest, "npz": _scan_npz}[fmt]
+    scan = {"imagefolder": _scan_image_folder, "csv": _scan_manifest, "npz": scan_npz}[fmt]
     index.splits = scan(path, index)
     index.split_origin = "data" if set(index.splits) == set(SPLITS) else "stratified"
     return index
@@ -155,12 +117,6 @@ def _check_split_config(cfg: DataConfig) -> None:
         raise ValueError(f"data.split_seed must be >= 0, got {cfg.split_seed}")
 
 
-def _require_two_classes(classes: list[str], path: Path) -> None:
-    if len(classes) < 2:
-        raise ValueError(f"{path}: classification needs at least 2 classes, found "
-                         f"{len(classes)} ({', '.join(map(repr, classes)) or 'none'})")
-
-
 def _file_problem(path: Path) -> str | None:
     """Why a file cannot be a sample (a cheap check: no decoding), or None."""
     if not path.is_file():
@@ -192,7 +148,7 @@ def _scan_image_folder(root: Path, index: DatasetIndex) -> dict[str, list[Sample
     else:
         found = {split: _scan_classes(_sub_folders(d, index), index) for split, d in split_dirs.items()}
     index.classes = sorted(set().union(*found.values()))
-    _require_two_classes(index.classes, root)
+    require_two_classes(index.classes, root)
     label = {name: i for i, name in enumerate(index.classes)}
     return {split: [Sample(str(p), label[c]) for c, paths in per_class.items() for p in paths]
             for split, per_class in found.items()}
@@ -297,49 +253,6 @@ def _class_labels(raw: list[str], manifest: Path) -> tuple[list[str], list[int]]
         keys = [str(v) for v in values]
     else:
         classes, keys = sorted(set(raw)), raw
-    _require_two_classes(classes, manifest)
+    require_two_classes(classes, manifest)
     position = {name: i for i, name in enumerate(classes)}
     return classes, [position[k] for k in keys]
-
-
-def _scan_npz(archive: Path, index: DatasetIndex) -> dict[str, list[Sample]]:
-    """npz samples per split present (train required); stores the images in `index.arrays`."""
-    with np.load(archive, allow_pickle=False) as data:
-        present = [s for s in SPLITS if s == "train" or {f"{s}_images", f"{s}_labels"} & set(data.files)]
-        wanted = [f"{split}_{kind}" for split in present for kind in ("images", "labels")]
-        missing = [key for key in wanted if key not in data.files]
-        if missing:
-            raise ValueError(f"{archive}: missing arrays {missing} (found {sorted(data.files)})")
-        index.arrays, labels = {}, {}
-        for split in present:
-            index.arrays[split], labels[split] = _npz_split(data, split, archive)
-    index.classes = [str(i) for i in range(1 + max(int(y.max(initial=0)) for y in labels.values()))]
-    _require_two_classes(index.classes, archive)
-    return {split: [Sample(i, int(y)) for i, y in enumerate(labels[split])] for split in present}
-
-
-def _npz_split(data, split: str, archive: Path) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = data[f"{split}_images"], data[f"{split}_labels"]
-    where = f"{archive}: {split}_images"
-    channels_ok = images.ndim == 3 or images.ndim == 4 and images.shape[3] in (1, 3)
-    if images.dtype != np.uint8 or not channels_ok:
-        raise ValueError(f"{where} must be uint8 (N,H,W) or (N,H,W,1|3), got {images.dtype} {images.shape}")
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{archive}: {split}_labels must be integers shaped ({len(images)},) or "
-                         f"({len(images)},1) (single-label), got {labels.dtype} {labels.shape}")
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"{archive}: {split}_labels must be >= 0, found {labels.min()}")
-    return images, labels
-
-
-def _regroup_arrays_(index: DatasetIndex, given: dict[str, list[Sample]]) -> None:
-    """Gives each final split its own image array after splits were carved out of train."""
-    data = dict(index.arrays)
-    for split, samples in index.splits.items():
-        source = split if split in given else "train"
-        rows = [sample.source for sample in samples]
-        if rows != list(range(len(data[source]))):
-            index.arrays[split] = data[source][rows]
-            index.splits[split] = [Sample(i, s.label) for i, s in enumerate(samples)]

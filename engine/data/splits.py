@@ -1,14 +1,9 @@
 """Splitting a dataset that lacks val/test: stratified by class, from a fixed seed (70/15/15 default)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from engine.data.sources import Sample
-
-SPLITS = ("train", "val", "test")
+from engine.data.dataset_index import SPLITS, Sample
 
 
 def complete_splits(given: dict[str, list[Sample]], fractions: tuple[float, float, float],

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.cell_files import METRICS_FILE
-from engine.report import BASELINE, Cell
+from engine.report.cells import Cell
+from engine.report.tables import BASELINE
 
 
 def _pyplot():

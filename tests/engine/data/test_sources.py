@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from engine.config import DataConfig
+from engine.data.dataset_index import SPLITS, Sample
 from engine.data.images import BadImageError, open_rgb, sniff_image_format, to_rgb
-from engine.data.sources import SPLITS, Sample, load_index, load_index_as_found
+from engine.data.sources import load_index, load_index_as_found
 from engine.data.splits import stratified_split
 from tests.engine.conftest import encode, gradient
 

@@ -9,7 +9,7 @@ from engine.config import DataConfig
 from engine.data.loaders import build_loaders
 from engine.data.sharding import epoch_order, launcher_shard, shard_batches
 from engine.data.sources import load_index
-from tests.engine.test_data_dali import DALI_MARKS
+from tests.engine.data.test_dali import DALI_MARKS
 
 CPU = torch.device("cpu")
 WORLDS = (1, 2, 3)

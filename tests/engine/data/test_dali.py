@@ -13,9 +13,10 @@ from PIL import Image
 
 from engine.config import DataConfig
 from engine.data.dali import dali_available
+from engine.data.dataset_index import SPLITS
 from engine.data.images import BadImageError
 from engine.data.loaders import build_loaders
-from engine.data.sources import SPLITS, load_index
+from engine.data.sources import load_index
 from engine.data.synthetic import make_demo_dataset
 from tests.engine.conftest import CHEST_XRAY, encode
 

@@ -9,9 +9,11 @@ import torch
 from torchvision import transforms
 
 from engine.config import DataConfig
+from engine.data.batches import Batch
+from engine.data.dataset_index import SPLITS
 from engine.data.images import BadImageError, open_rgb
-from engine.data.loaders import Batch, build_loaders
-from engine.data.sources import SPLITS, load_index
+from engine.data.loaders import build_loaders
+from engine.data.sources import load_index
 
 CPU = torch.device("cpu")
 

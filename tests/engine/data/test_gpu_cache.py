@@ -1,17 +1,22 @@
 """Tests of engine/data/gpu_cache.py on the CPU device: exact equality with the path it decodes
-with, decoding once, reuse across cells, on-device augmentation and bad images."""
+with, decoding once, reuse across cells, on-device augmentation, bad images and the cache's bound."""
 from __future__ import annotations
+
+import gc
+import weakref
 
 import pytest
 import torch
 
 from engine.config import DataConfig
 from engine.data import gpu_cache
+from engine.data.dataset_index import SPLITS
 from engine.data.gpu_cache import build_gpu_cache_loaders, clear_gpu_cache
 from engine.data.images import BadImageError
 from engine.data.loaders import build_loaders, choose_loader
-from engine.data.sources import SPLITS, load_index
-from tests.engine.test_data_dali import DALI_MARKS
+from engine.data.sources import load_index
+from engine.data.synthetic import make_demo_dataset
+from tests.engine.data.test_dali import DALI_MARKS
 
 CPU = torch.device("cpu")
 VIEWS = ("val", "test", "train_in_order", "train")
@@ -137,3 +142,60 @@ def test_gpu_cache_rejects_an_unknown_inner_decoder(split_folder):
     cfg = _cfg(split_folder)
     with pytest.raises(ValueError, match="inner decoder"):
         build_gpu_cache_loaders(load_index(cfg), cfg, 0, CPU, inner="nvjpeg")
+
+
+@pytest.fixture
+def four_datasets(tmp_path):
+    """Four small unsplit image folders (6 images each, so each split has at least one)."""
+    return [make_demo_dataset(tmp_path / f"d{i}", classes=2, per_class=3, size=32, seed=i) for i in range(4)]
+
+
+def _use(root) -> object:
+    """Builds a cell's gpu_cache loaders for `root` and reads one epoch of each split (fills the cache)."""
+    cfg = _cfg(root, resize=32, crop=32)
+    loaders = build_gpu_cache_loaders(load_index(cfg), cfg, 0, CPU, inner="pil")
+    for view in ("train", "val", "test"):
+        _epoch(getattr(loaders, view), 0)
+    return loaders
+
+
+@pytest.mark.parametrize("bound", [1, 2])
+def test_gpu_cache_holds_at_most_the_bound_of_datasets_least_recently_used_forgotten(four_datasets, monkeypatch,
+                                                                                      bound):
+    monkeypatch.setattr(gpu_cache, "MAX_CACHED_DATASETS", bound)
+    order = [0, 1, 0, 2, 3, 2, 1]  # revisits: a dataset used again is the most recent one again
+    recent: list[str] = []  # the reference: roots by last use, most recent last
+    for i in order:
+        root = str(four_datasets[i])
+        _use(root)
+        recent = [r for r in recent if r != root] + [root]
+        assert gpu_cache.cached_roots() == recent[-bound:]
+        assert {key[0] for key in gpu_cache._CACHES} == set(recent[-bound:])
+        assert len(gpu_cache._CACHES) == len(SPLITS) * min(bound, len(recent))
+
+
+def test_gpu_cache_reuses_a_dataset_still_within_the_bound(four_datasets, monkeypatch):
+    monkeypatch.setattr(gpu_cache, "MAX_CACHED_DATASETS", 2)
+    first = _use(four_datasets[0]).train.decoder
+    second = _use(four_datasets[1]).train.decoder
+    assert _use(four_datasets[0]).train.decoder is first  # kept: no decoding again
+    decoded = first.decoded
+    _use(four_datasets[2])  # forgets dataset 1, the least recently used
+    assert _use(four_datasets[0]).train.decoder is first and first.decoded == decoded
+    again = _use(four_datasets[1]).train.decoder
+    assert again is not second and again.decoded == second.decoded  # decoded again from scratch
+
+
+def test_release_dataset_forgets_its_splits_and_frees_their_images(four_datasets):
+    loaders = _use(four_datasets[0])
+    _use(four_datasets[1])
+    stored = weakref.ref(loaders.train.decoder.storage)
+    del loaders
+    gc.collect()
+    assert stored() is not None  # the cache alone keeps the decoded images alive
+    assert gpu_cache.release_dataset(f"{four_datasets[0]}/.") == len(SPLITS)  # another spelling of the root
+    gc.collect()
+    assert stored() is None
+    assert gpu_cache.cached_roots() == [str(four_datasets[1])]
+    assert gpu_cache.release_dataset(str(four_datasets[0])) == 0  # nothing left to forget
+    assert gpu_cache.release_dataset(str(four_datasets[1])) == len(SPLITS) and not gpu_cache._CACHES

@@ -1,120 +1,18 @@
-"""`medft report RUN_DIR`: the study's tables and figures from a grid's cell folders.
-
-Reads every cell's result.json (and failure.json) under RUN_DIR and writes, into RUN_DIR/report:
-- report.md: per dataset, each backbone x strategy's test accuracy and balanced accuracy as mean
-  ± sample std (ddof=1) over seeds, the difference of means to FT on the same dataset and
-  backbone (Δ), and a paired test over the seeds both ran; how many (dataset, backbone) cases
-  each strategy wins against FT (the study's headline measure); the cost per cell in
-  device-seconds (result.json's train_s); failed and unfinished cells with their reasons.
-- cells.csv, summary.csv, wins.csv, cost.csv, failures.csv: the same numbers, unrounded.
-- heatmap_<dataset>.png and curves_<dataset>.png (engine/report_plots.py).
-Paired tests, both two-sided, on the per-seed differences d: Student's t (df = n - 1) and the
-exact sign-flip permutation test (with 3 seeds its smallest possible p is 0.25).
-"""
+"""The report's tables (summary, wins, cost, cells) from the loaded cells, their CSV files, and
+report.md rendered from them."""
 from __future__ import annotations
 
 import csv
-import itertools
-import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from engine.cell_files import FAILURE_FILE, GRID_FILE, REPORT_DIR, RESULT_FILE, CellKey, parse_cell_id
-from engine.grid.config import cell_keys, grid_from_dict
+from engine.report.cells import Cell
+from engine.report.stats import TIE_TOLERANCE, paired_t_p, sign_flip_p
 
 METRICS = ("accuracy", "balanced_accuracy")
 BASELINE = "ft"
-TIE_TOLERANCE = 1e-9  # means of count ratios closer than this differ only by float rounding
-_LABELS = {"accuracy": "acc", "balanced_accuracy": "bal. acc"}
-
-
-@dataclass
-class Cell:
-    key: CellKey
-    status: str  # done | failed | unfinished | not started
-    test: dict = field(default_factory=dict)
-    train_s: float | None = None
-    best_epoch: int | None = None
-    attempts: int = 0  # failed attempts
-    reason: str = ""
-    folder: Path | None = None
-
-
-def load_cells(run_dir: Path) -> tuple[str, list[Cell]]:
-    """The grid's name and its cells: every cell folder, plus cells grid.yaml lists but never started."""
-    cells = {}
-    for folder in sorted(p for p in run_dir.iterdir() if p.is_dir()):
-        try:
-            key = parse_cell_id(folder.name)
-        except ValueError:
-            continue  # not a cell folder (e.g. report/)
-        cells[key] = _read_cell(key, folder)
-    name = run_dir.name
-    if (run_dir / GRID_FILE).is_file():
-        grid = grid_from_dict(yaml.safe_load((run_dir / GRID_FILE).read_text()), str(run_dir / GRID_FILE))
-        name = grid.name
-        for key in cell_keys(grid):
-            cells.setdefault(key, Cell(key, "not started"))
-    return name, sorted(cells.values(), key=lambda c: c.key)
-
-
-def _read_cell(key: CellKey, folder: Path) -> Cell:
-    failure = json.loads((folder / FAILURE_FILE).read_text()) if (folder / FAILURE_FILE).is_file() else {}
-    cell = Cell(key, "unfinished", attempts=failure.get("attempts", 0), reason=failure.get("reason", ""),
-                folder=folder)
-    if (folder / RESULT_FILE).is_file():
-        result = json.loads((folder / RESULT_FILE).read_text())
-        cell.status, cell.test = "done", result["test"]
-        cell.train_s, cell.best_epoch = result.get("train_s"), result.get("best_epoch")
-    elif failure:
-        cell.status = "failed"
-    return cell
-
-
-def paired_t_p(x: np.ndarray, y: np.ndarray) -> float:
-    """Two-sided p of the paired t-test of x against y; NaN where the test is undefined (fewer
-    than two pairs, or all differences equal: zero variance)."""
-    d = np.asarray(x, np.float64) - np.asarray(y, np.float64)
-    n = len(d)
-    sd = d.std(ddof=1) if n > 1 else 0.0
-    if sd <= TIE_TOLERANCE:
-        return math.nan
-    return student_t_two_sided_p(d.mean() / (sd / math.sqrt(n)), n - 1)
-
-
-def student_t_two_sided_p(t: float, df: int) -> float:
-    """P(|T| >= |t|) for Student's t with integer df, by the finite series of Abramowitz and
-    Stegun 26.7.3/26.7.4 (exact for integer df, so no SciPy is needed)."""
-    theta = math.atan(abs(t) / math.sqrt(df))
-    c2 = math.cos(theta) ** 2
-    term = total = 1.0
-    if df % 2:
-        if df == 1:
-            return 1.0 - 2.0 * theta / math.pi
-        for k in range(1, (df - 1) // 2):
-            term *= c2 * (2 * k) / (2 * k + 1)
-            total += term
-        inside = (2.0 / math.pi) * (theta + math.sin(theta) * math.cos(theta) * total)
-    else:
-        for k in range(1, df // 2):
-            term *= c2 * (2 * k - 1) / (2 * k)
-            total += term
-        inside = math.sin(theta) * total
-    return max(0.0, 1.0 - inside)
-
-
-def sign_flip_p(x: np.ndarray, y: np.ndarray) -> float:
-    """Exact two-sided sign-flip permutation p of the mean paired difference (NaN without pairs)."""
-    d = np.asarray(x, np.float64) - np.asarray(y, np.float64)
-    if len(d) == 0:
-        return math.nan
-    signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))
-    flipped = np.abs((signs * d).mean(axis=1))
-    return float(np.mean(flipped >= abs(d.mean()) - 1e-12))
 
 
 def summarize(cells: list[Cell]) -> list[dict]:
@@ -194,32 +92,6 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writeheader()
         writer.writerows({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
                           for k, v in r.items()} for r in rows)
-
-
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Writes report.md, the CSVs and the figures; returns the path of report.md.
-
-    Raises:
-        FileNotFoundError: when `run_dir` is not a folder.
-    """
-    from engine.report_plots import plot_curves, plot_heatmaps
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory not found: {run_dir}")
-    out = Path(out) if out else run_dir / REPORT_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    name, cells = load_cells(run_dir)
-    summary = summarize(cells)
-    wins, cost = wins_table(summary), cost_table(cells)
-    tables = {"cells": cell_rows(cells), "summary": summary, "wins": wins, "cost": cost,
-              "failures": [r for r in cell_rows(cells) if r["status"] == "failed"]}
-    for table, rows in tables.items():
-        write_csv(rows, out / f"{table}.csv")
-    figures = plot_heatmaps(summary, out) + plot_curves(cells, out)
-    path = out / "report.md"
-    path.write_text(render_markdown(name, run_dir, cells, summary, wins, cost, figures))
-    return path
 
 
 def _num(value, fmt: str = ".3f") -> str:

@@ -16,7 +16,7 @@ import torch
 
 from engine.claims import failed_attempts, try_claim
 from engine.config import CellConfig
-from engine.distributed import init_data_parallel
+from engine.distributed import init_rank_group
 from engine.cell_files import RESULT_FILE, cell_dir
 from engine.trainer import train_cell
 
@@ -33,7 +33,7 @@ def work_data_parallel(cells: list[CellConfig], grid, worker, progress, cache) -
     """Runs every cell over all ranks; returns the final states (rank 0's view, on every rank)."""
     from engine.grid import cell_state, run_cell
 
-    parallel = init_data_parallel(grid.grid.zero_stage)
+    parallel = init_rank_group(grid.grid.zero_stage)
 
     def settle(cfg: CellConfig, claim) -> float:
         return run_cell(cfg, claim, grid, cache, worker)

@@ -20,7 +20,8 @@ import torch
 import torchvision
 
 from bench._rows import RowWriter, base_parser, exit_on_missed, time_call
-from kernels.multi_tensor_norm import kernel_backend, multi_tensor_norm
+from kernels.dispatch import kernel_backend
+from kernels.multi_tensor_norm import multi_tensor_norm
 
 MODELS = ("resnet50", "densenet121", "vgg19")
 TARGET_US = {"resnet50": 85.0, "densenet121": 35.0, "vgg19": 450.0}  # performance.md, on an H100

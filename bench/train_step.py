@@ -2,7 +2,7 @@
 
 Both run in this process, on synthetic data already on the device, with the same backbone,
 batch, image size and precision: the bare loop is autocast + cross-entropy + backward + fused
-Adam step, nothing else; medft's step is `engine.epochs.train_step` under an FT plan (strategy
+Adam step, nothing else; medft's step is `engine.steps.train_step` under an FT plan (strategy
 hook, loss bookkeeping and all). Target (../shared/spec/performance.md, issue 2): medft >= 0.97
 of the bare loop; `--check` exits non-zero below it on a GPU.
 
@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from bench._rows import RowWriter, base_parser, exit_on_missed, time_call
 from engine.config import load_cell_config
-from engine.epochs import train_step
+from engine.plan_apply import apply_plan
 from engine.run_context import build_context
+from engine.steps import train_step
 from strategies.protocol import Progress
 
 TARGET_RATIO = 0.97
@@ -33,8 +34,7 @@ def medft_context(args):
         overrides.append(f"trainer.channels_last={str(args.channels_last).lower()}")
     cfg = load_cell_config(None, overrides)
     ctx = build_context(cfg, SimpleNamespace(classes=[str(i) for i in range(args.classes)]))
-    ctx.apply_plan(ctx.strategy.plan(Progress(0, 1)), 0)
-    ctx.set_train_modes(ctx.plan)
+    apply_plan(ctx, ctx.strategy.plan(Progress(0, 1)), 0)
     return ctx
 
 

@@ -21,7 +21,9 @@ _DS_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 @dataclass
-class DataParallel:
+class RankGroup:
+    """The processes (ranks) that train one cell together, and the collectives the loop uses."""
+
     rank: int
     world: int
     local_rank: int
@@ -66,7 +68,7 @@ class DataParallel:
         torch.distributed.barrier()
 
 
-def init_data_parallel(zero_stage: int) -> DataParallel:
+def init_rank_group(zero_stage: int) -> RankGroup:
     """Joins the process group the launcher (deepspeed, torchrun) described in the environment.
 
     Raises:
@@ -85,4 +87,4 @@ def init_data_parallel(zero_stage: int) -> DataParallel:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-    return DataParallel(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, zero_stage)
+    return RankGroup(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, zero_stage)

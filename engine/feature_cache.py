@@ -30,7 +30,9 @@ def cache_applies(plan, augment: bool, trainable: list[str], head_params: tuple[
     return plan.use_feature_cache and plan.backbone_eval and not augment and set(trainable) <= set(head_params)
 
 
-SHARED_ENTRIES = 4  # the train and validation features of the last two backbones
+# Bound of the process-wide feature cache: at most SHARED_ENTRIES splits' features (the train and
+# validation features of the last two backbones), least recently used evicted first.
+SHARED_ENTRIES = 4
 _SHARED: OrderedDict[tuple, "FeatureRows"] = OrderedDict()
 
 
@@ -110,6 +112,8 @@ def build_feature_rows(features_module: nn.Module, ordered, positions: np.ndarra
         sources: every sample source of the split, to find the positions of skipped images.
         autocast, to_device: the run's precision context and input placement.
     """
+    # The loop set the epoch's module modes at its start: they are put back afterwards.
+    modes = [(m, m.training) for m in features_module.modules()]
     features_module.eval()
     chunks, labels, skipped = [], [], set()
     for batch in ordered:
@@ -123,4 +127,6 @@ def build_feature_rows(features_module: nn.Module, ordered, positions: np.ndarra
     kept = [p for p in positions if str(sources[p]) not in skipped]
     row_of = np.full(len(sources), -1, dtype=np.int64)
     row_of[np.asarray(kept, dtype=np.int64)] = np.arange(len(kept))
+    for module, training in modes:
+        module.train(training)
     return FeatureRows(torch.cat(chunks), torch.cat(labels), row_of)

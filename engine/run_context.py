@@ -1,14 +1,11 @@
-"""The state of one cell's run: model, strategy, optimizer, precision, and applying a plan.
+"""The state of one cell's run (`RunContext`) and building it (`build_context`).
 
-Applying a plan is where the loop carries out what the strategy answered: it sets
-`requires_grad`, rebuilds the optimizer with one param group per lr_scales key, and recompiles
-after a change of the trainable set (torch.compile does not notice a `requires_grad` change on a
-module it already compiled: pytorch#139476, measured in ../shared/spec/performance.md).
+The context holds state and small accessors only; the procedures that change it at an epoch
+start live in engine/plan_apply.py, the steps in engine/steps.py, the epochs in engine/epochs.py.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
@@ -18,14 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.config import CellConfig, to_dict
-from engine.distributed import DataParallel, init_data_parallel
-from engine.data.sharding import shard_batches
-from engine.feature_cache import (FeatureCache, build_feature_rows, cache_applies, shared_rows,
-                                  weights_fingerprint)
-from engine.models import (backbone_spec, block_modules, create_backbone, features_and_head, model_blocks,
-                           model_layout)
-from engine.optim import build_optimizer, epoch_lr, param_groups, set_group_lrs, trainable_param_names
+from engine.config import CellConfig
+from engine.distributed import RankGroup, init_rank_group
+from engine.models import backbone_spec, block_modules, create_backbone, model_blocks, model_layout
 from strategies import create_strategy
 from strategies.protocol import EpochPlan, ModelLayout, Strategy
 
@@ -55,18 +47,28 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-@dataclass(frozen=True)
-class EpochInputs:
-    """What one epoch trains and validates on, and through which module."""
-
-    train: object  # Batches
-    val: object  # Batches
-    train_forward: nn.Module
-    eval_forward: nn.Module
-
-
 @dataclass
 class RunContext:
+    """Everything one cell's run holds between epochs and steps.
+
+    Attributes:
+        cfg: the cell's config.
+        device, amp_dtype, channels_last, scaler: where and in which precision it trains
+            (amp_dtype None = fp32; the scaler is enabled for fp16 outside data-parallel mode).
+        classes: the dataset's class names.
+        model, layout, block_modules: the network, what a strategy may know of it, and each
+            block's module names (for eval-mode BatchNorm).
+        strategy: the strategy the loop asks for plans.
+        ranks: the group of ranks training this cell together (trainer.data_parallel), else None.
+        ds_engine: the DeepSpeed engine over model and optimizer, in data-parallel mode.
+        forward: the module training batches go through (model, compiled model or ds_engine).
+        optimizer: the optimizer of the current plan's param groups.
+        plan: the plan the current epoch runs under, as applied (calibrated lr_scales).
+        trainable_names, trainable_params: the tensors the plan trains, in model order.
+        cached_inputs: (trainable set, EpochInputs) of the feature caches of a head-only stage.
+        counters: train seconds, images and skipped images over the whole run.
+    """
+
     cfg: CellConfig
     device: torch.device
     classes: list[str]
@@ -77,34 +79,34 @@ class RunContext:
     amp_dtype: torch.dtype | None
     channels_last: bool
     scaler: torch.amp.GradScaler
-    parallel: DataParallel | None = None  # trainer.data_parallel: every rank trains this cell
-    engine: object = None  # the DeepSpeed engine over the model, in data-parallel mode
+    ranks: RankGroup | None = None
+    ds_engine: object = None
     forward: nn.Module = None
     optimizer: torch.optim.Optimizer = None
     plan: EpochPlan | None = None
     trainable_names: list[str] = field(default_factory=list)
     trainable_params: list[nn.Parameter] = field(default_factory=list)
-    cached_inputs: tuple[frozenset, EpochInputs] | None = None  # the feature caches of a head-only stage
+    cached_inputs: tuple | None = None
     counters: dict = field(default_factory=lambda: {"train_s": 0.0, "train_images": 0, "skipped_images": 0})
 
     @property
     def is_main(self) -> bool:
         """The process that writes the cell's files (always, outside data-parallel mode)."""
-        return self.parallel is None or self.parallel.is_main
+        return self.ranks is None or self.ranks.is_main
 
     @property
     def shard(self) -> tuple[int, int]:
-        return (self.parallel.rank, self.parallel.world) if self.parallel else (0, 1)
+        return (self.ranks.rank, self.ranks.world) if self.ranks else (0, 1)
 
     def rank_data_config(self):
         """The data config of this rank: data-parallel ranks share the global train batch."""
-        if self.parallel is None:
+        if self.ranks is None:
             return self.cfg.data
-        return replace(self.cfg.data, train_batch_size=self.cfg.data.train_batch_size // self.parallel.world)
+        return replace(self.cfg.data, train_batch_size=self.cfg.data.train_batch_size // self.ranks.world)
 
     def barrier(self) -> None:
-        if self.parallel is not None:
-            self.parallel.barrier()
+        if self.ranks is not None:
+            self.ranks.barrier()
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -115,100 +117,6 @@ class RunContext:
         fmt = torch.channels_last if self.channels_last and images.dim() == 4 else torch.contiguous_format
         images = images.to(self.device, non_blocking=True, memory_format=fmt)
         return images, labels.to(self.device, non_blocking=True)
-
-    def apply_plan(self, plan: EpochPlan, epoch: int, calibration_loader=None) -> EpochPlan:
-        """Carries out `plan` for `epoch` and returns it as applied (with calibrated lr_scales).
-
-        With `calibration_loader` and `plan.calibration_batches`, the strategy first gets the
-        per-tensor norms of that many batches (engine/epochs.py) and may answer new lr_scales.
-        """
-        previous = self.plan
-        names = trainable_param_names(plan, self.layout)
-        params = dict(self.model.named_parameters())
-        chosen = set(names)
-        for name, p in params.items():
-            p.requires_grad_(name in chosen)
-        self.trainable_names, self.trainable_params = names, [params[n] for n in names]
-        structural = previous is None or (plan.trainable, plan.backbone_eval) != (previous.trainable,
-                                                                                previous.backbone_eval)
-        if structural:
-            self.forward = self._compiled()
-        if calibration_loader is not None and plan.calibration_batches:
-            from engine.epochs import calibration_norms
-            scales = self.strategy.update_scales(calibration_norms(self, calibration_loader, plan, epoch))
-            if scales is not None:
-                plan = replace(plan, lr_scales=dict(scales))
-        if structural or plan.fresh_optimizer or plan.phase != previous.phase or \
-                set(plan.lr_scales) != set(previous.lr_scales) or plan.weight_decay != previous.weight_decay:
-            self.optimizer = build_optimizer(self.cfg.optim, param_groups(plan, self.layout, params),
-                                             plan.weight_decay, self.device)
-            if self.parallel is not None:
-                self._wrap_data_parallel(plan)
-        else:
-            for group in self.optimizer.param_groups:
-                group["lr_scale"] = float(plan.lr_scales.get(group["name"], 1.0))
-        set_group_lrs(self.optimizer, epoch_lr(self.cfg.optim, epoch, self.cfg.trainer.epochs), plan.lr_factor)
-        self.plan = plan
-        return plan
-
-    def epoch_inputs(self, plan: EpochPlan, loaders, index) -> EpochInputs:
-        """The epoch's batches and the module they go through: cached features and the head when
-        the plan allows it (train and validation alike), else the image loaders and the model."""
-        cfg = self.cfg
-        head = self.layout.blocks[self.layout.head_block]
-        if not (cfg.trainer.feature_cache and cache_applies(plan, cfg.data.augment, self.trainable_names, head)):
-            self.cached_inputs = None
-            return EpochInputs(loaders.train, loaders.val, self.forward, self.forward)
-        if self.cached_inputs is None or self.cached_inputs[0] != plan.trainable:
-            features, head_module = features_and_head(self.model, cfg.model.backbone, cfg.model.head_scope)
-            seed, shard = cfg.trainer.seed, self.shard
-            # Same images, same backbone weights, same precision and shard: the same features.
-            same_features = (json.dumps(to_dict(cfg.data), sort_keys=True), _pixel_source(loaders.train),
-                             cfg.model.backbone, cfg.model.head_scope, weights_fingerprint(features),
-                             str(self.device), str(self.amp_dtype), self.channels_last, shard)
-
-            def cache(ordered, split, batch_size, shuffle, positions):
-                samples = index.splits[split]
-                rows = shared_rows((split, *same_features), lambda: build_feature_rows(
-                    features, ordered, positions, [s.source for s in samples], self.autocast, self.to_device))
-                return FeatureCache(rows, lambda epoch: shard_batches(len(samples), seed, epoch, batch_size,
-                                                                       shuffle, shard))
-            n_train, n_val = len(index.splits["train"]), len(index.splits["val"])
-            val_positions = np.arange(n_val)[shard[0]::shard[1]]  # the rank's evaluation shard
-            # Every rank caches the whole train split: its batches draw from all of it.
-            inputs = EpochInputs(cache(loaders.train_in_order, "train", self.rank_data_config().train_batch_size,
-                                       True, np.arange(n_train)),
-                                 cache(loaders.val, "val", cfg.data.eval_batch_size, False, val_positions),
-                                 head_module, head_module)
-            self.cached_inputs = (plan.trainable, inputs)
-        return self.cached_inputs[1]
-
-    def _wrap_data_parallel(self, plan: EpochPlan) -> None:
-        if self.parallel.zero_stage > 0 and (plan.extra_grad or plan.calibration_batches or plan.norms_every_k_steps):
-            raise ValueError(f"strategy '{self.strategy.name}' reads or changes gradients, which ZeRO stage "
-                             f"{self.parallel.zero_stage} keeps partitioned: use trainer.zero_stage=0")
-        cfg = self.cfg
-        self.engine = self.parallel.wrap(self.model, self.optimizer, self.amp_dtype,
-                                         cfg.data.train_batch_size // self.parallel.world, cfg.optim.grad_clip_norm)
-        if cfg.trainer.compile:
-            self.engine.compile(backend=cfg.trainer.compile_backend)
-        self.forward = self.engine
-
-    def _compiled(self) -> nn.Module:
-        if not self.cfg.trainer.compile:
-            return self.model
-        torch._dynamo.reset()  # drop graphs guarded on the old requires_grad pattern (pytorch#139476)
-        return torch.compile(self.model, backend=self.cfg.trainer.compile_backend)
-
-    def set_train_modes(self, plan: EpochPlan) -> None:
-        """Training mode, except frozen blocks when the plan freezes their BatchNorm statistics."""
-        self.model.train()
-        if plan.backbone_eval:
-            trainable = set(self.trainable_names)
-            for block, names in self.layout.blocks.items():
-                if trainable.isdisjoint(names):
-                    for module in self.block_modules.get(block, []):
-                        self.model.get_submodule(module).eval()
 
     def strategy_log(self, plan: EpochPlan) -> dict:
         """What the strategy did this epoch: phase, trainable count, effective lr per block."""
@@ -226,23 +134,13 @@ class RunContext:
                 "skipped_images": self.counters["skipped_images"], "device": str(self.device)}
 
 
-def _pixel_source(batches) -> tuple[str, ...]:
-    """The classes that decode a loader's images (data.loader=auto may pick another one per cell:
-    their pixels differ by a level or so, so their features are not interchangeable)."""
-    chain, node = [], batches
-    while node is not None:
-        chain.append(type(node).__name__)
-        node = getattr(node, "decoder", None) or getattr(node, "inner", None)
-    return tuple(chain)
-
-
 def build_context(cfg: CellConfig, index) -> RunContext:
     """Builds model, strategy and precision settings for one cell (the optimizer comes with a plan)."""
-    parallel = init_data_parallel(cfg.trainer.zero_stage) if cfg.trainer.data_parallel else None
-    if parallel and cfg.data.train_batch_size % parallel.world:
+    ranks = init_rank_group(cfg.trainer.zero_stage) if cfg.trainer.data_parallel else None
+    if ranks and cfg.data.train_batch_size % ranks.world:
         raise ValueError(f"data.train_batch_size={cfg.data.train_batch_size} must divide among the "
-                         f"{parallel.world} data-parallel ranks")
-    device = parallel.device() if parallel else resolve_device(cfg.trainer.device)
+                         f"{ranks.world} data-parallel ranks")
+    device = ranks.device() if ranks else resolve_device(cfg.trainer.device)
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark and not cfg.trainer.deterministic
@@ -258,5 +156,5 @@ def build_context(cfg: CellConfig, index) -> RunContext:
     return RunContext(cfg=cfg, device=device, classes=list(index.classes), model=model, layout=layout,
                       block_modules=block_modules(model, cfg.model.backbone, cfg.model.head_scope),
                       strategy=strategy, amp_dtype=_AMP_DTYPES[amp], channels_last=channels_last,
-                      scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16" and parallel is None),
-                      parallel=parallel)
+                      scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16" and ranks is None),
+                      ranks=ranks)

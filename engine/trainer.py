@@ -3,8 +3,9 @@
 It asks the strategy, at every epoch start, which parameters train, at what learning rate, with
 what extra gradient term and in which phase (strategies/protocol.py), and owns all machinery:
 AMP, channels-last, compile, evaluation, early stopping, checkpoints, resume and logging.
-Step order, fixed: forward -> loss -> backward -> unscale -> extra_grad_ -> norms if due -> clip
--> step; the cosine schedule is per epoch.
+An epoch starts, in this order: plan -> trainable set and module modes (recompiling when the set
+changed) -> calibration pass if the plan asks -> strategy.update_scales -> optimizer and learning
+rates (cosine schedule, per epoch). The step order is documented once, in engine/steps.py.
 """
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ from engine.cell_files import BEST_CKPT, CONFIG_FILE, LAST_CKPT, METRICS_FILE, R
 from engine.config import CellConfig, to_yaml
 from engine.data.loaders import build_loaders
 from engine.data.sources import load_index
-from engine.run_context import RunContext, build_context
+from engine.epoch_inputs import epoch_inputs
 from engine.epochs import evaluate, run_train_epoch
+from engine.plan_apply import apply_plan, refresh_optimizer, set_trainable, with_scales
+from engine.run_context import RunContext, build_context
+from engine.steps import calibration_norms
 from engine.tracking import NullTracker, Tracker
 from strategies.protocol import EpochPlan, Progress
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -87,20 +90,25 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None) -> d
                             dtype=ctx.amp_dtype or torch.float32)
     stopper = EarlyStopping(cfg.trainer.patience)
     start_epoch, plan = _resume(ctx, stopper, out)
-    stopped_early = False
+    patience_ended_run = False
     for epoch in range(start_epoch, cfg.trainer.epochs):
         progress = Progress(epoch, cfg.trainer.epochs, stopper.best_metric, stopper.epochs_since_best,
                             stopper.exhausted)
         new_plan = ctx.strategy.plan(progress)
         if stopper.exhausted and plan is not None and new_plan.phase == plan.phase and new_plan.early_stopping:
-            stopped_early = True
+            patience_ended_run = True
             break
         if plan is not None and new_plan.phase != plan.phase:
             stopper.new_phase()
-        plan = ctx.apply_plan(new_plan, epoch, calibration_loader=loaders.train)
+        set_trainable(ctx, new_plan)  # and the module modes; recompiles when the set changed
+        if new_plan.calibration_batches:
+            norms = calibration_norms(ctx, loaders.train, new_plan, epoch)
+            new_plan = with_scales(new_plan, ctx.strategy.update_scales(norms))
+        refresh_optimizer(ctx, new_plan, epoch)
+        plan = new_plan
         row = _run_epoch(ctx, loaders, index, plan, epoch, stopper, out)
         tracker.log(row, step=epoch)
-    result = _finish(ctx, loaders, stopper, out, stopped_early)
+    result = _finish(ctx, loaders, stopper, out, patience_ended_run)
     tracker.summary(result)
     return result
 
@@ -108,9 +116,9 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None) -> d
 def _run_epoch(ctx: RunContext, loaders, index, plan: EpochPlan, epoch: int, stopper: EarlyStopping,
                out: Path) -> dict:
     start = time.perf_counter()
-    inputs = ctx.epoch_inputs(plan, loaders, index)
+    inputs = epoch_inputs(ctx, plan, loaders, index)
     cache_s = time.perf_counter() - start  # building the LP feature caches, when this epoch does
-    train_stats = run_train_epoch(ctx, inputs.train, plan, epoch, inputs.train_forward)
+    train_stats = run_train_epoch(ctx, inputs.train, epoch, inputs.train_forward)
     start = time.perf_counter()
     val = evaluate(ctx, inputs.val, inputs.eval_forward)
     train_stats.update({"perf/feature_cache_s": cache_s, "perf/val_s": time.perf_counter() - start})
@@ -153,11 +161,11 @@ def _resume(ctx: RunContext, stopper: EarlyStopping, out: Path) -> tuple[int, Ep
     ctx.strategy.load_state_dict(state["strategy"])
     plan_fields = state["plan"]
     plan = EpochPlan(**{**plan_fields, "trainable": frozenset(plan_fields["trainable"])})
-    ctx.apply_plan(plan, epoch - 1)  # as it ran: the saved plan already holds calibrated scales
-    if ctx.parallel is None or ctx.parallel.zero_stage == 0:
+    apply_plan(ctx, plan, epoch - 1)  # as it ran: the saved plan already holds calibrated scales
+    if ctx.ranks is None or ctx.ranks.zero_stage == 0:
         ctx.optimizer.load_state_dict(state["optimizer"])
     else:  # rank 0's optimizer state is one partition of ZeRO's: the others cannot use it
-        log.warning("resuming %s with fresh optimizer state (ZeRO stage %d)", out.name, ctx.parallel.zero_stage)
+        log.warning("resuming %s with fresh optimizer state (ZeRO stage %d)", out.name, ctx.ranks.zero_stage)
     ctx.scaler.load_state_dict(state["scaler"])
     for key, value in state["stopper"].items():
         setattr(stopper, key, value)
@@ -183,14 +191,14 @@ def _epoch_of(line: str) -> int | None:
         return None
 
 
-def _finish(ctx: RunContext, loaders, stopper: EarlyStopping, out: Path, stopped_early: bool) -> dict:
+def _finish(ctx: RunContext, loaders, stopper: EarlyStopping, out: Path, patience_ended_run: bool) -> dict:
     ctx.barrier()  # rank 0 has written best.pt
     if (out / BEST_CKPT).is_file():
         ctx.model.load_state_dict(torch.load(out / BEST_CKPT, map_location=ctx.device, weights_only=True))
     test = evaluate(ctx, loaders.test)
     result = {"cell_id": ctx.cfg.cell_id, "status": "done", "classes": ctx.classes,
               "best_epoch": stopper.best_epoch, f"best_val_{ctx.cfg.trainer.monitor}": stopper.best_metric,
-              "stopped_early": stopped_early, "test": test, **ctx.totals()}
+              "stopped_early": patience_ended_run, "test": test, **ctx.totals()}
     if ctx.is_main:
         checkpoint.write_json_atomic(result, out / RESULT_FILE)
     return result

@@ -16,8 +16,8 @@ Shapes and dtypes: lists of n >= 1; g_i, w_i, w0_i of one shape and one storage 
 layout: contiguous, channels-last, ...), since elements are matched through memory; float32,
 bfloat16 or float16, each list free to use its own dtype per tensor. The update is computed in
 float32 and rounded once to g_i's dtype (to nearest even on a GPU; the Triton 3.8 interpreter
-truncates to bfloat16). Non-dense tensors raise ValueError (see kernels.multi_tensor_norm, which
-also holds the dispatch, validation and plan cache used here).
+truncates to bfloat16). Non-dense tensors raise ValueError (see kernels.multi_tensor_norm for the
+layout, and kernels.dispatch for the dispatch, validation and plan cache used here).
 
 Triton path: one launch per group of (grad, weight, anchor) dtypes and 16-byte alignment, over a
 cached int64 chunk table with one row per CHUNK elements: (grad address, weight address, anchor
@@ -36,8 +36,9 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from kernels.multi_tensor_norm import (BLOCK, CHUNK, CacheInfo, PlanCache, check_lengths, check_tensor,
-                                       group_chunk_rows, kernel_backend, upload_int64)
+from kernels.dispatch import (CacheInfo, PlanCache, check_lengths, check_tensor, group_chunk_rows, kernel_backend,
+                              upload_int64)
+from kernels.multi_tensor_norm import BLOCK, CHUNK
 
 _ptr, _shape_dtype, _stride = Tensor.data_ptr, attrgetter("shape", "dtype"), Tensor.stride
 
@@ -65,7 +66,7 @@ def sp_grad_reference_(grads: Sequence[Tensor], params: Sequence[Tensor], anchor
         torch._foreach_add_([grads[i] for i in head], [params[i] for i in head], alpha=beta)
 
 
-@functools.cache
+@functools.cache  # bounded: no arguments, so one entry (the kernel, defined once)
 def _sp_grad_kernel_and_dtypes() -> tuple:
     """Defines the Triton kernel on first use, so triton stays optional on CPU."""
     import triton
@@ -112,7 +113,7 @@ class _SpPlan(NamedTuple):
     chunks: Tensor  # int64 (C, 5): grad, weight, anchor address, length, anchored
 
 
-_SP_PLANS = PlanCache()
+_SP_PLANS = PlanCache()  # at most PlanCache.maxsize (8) chunk tables
 
 
 def sp_grad_cache_info() -> CacheInfo:

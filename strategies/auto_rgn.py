@@ -1,5 +1,9 @@
-"""Auto-RGN (spec 8, Lee et al. 2023) and its online variant: per-tensor learning rates from the
-relative gradient norm RGN_i = ||g_i|| / ||w_i||, scale_i = RGN_i / max_j RGN_j, lr_i = scale_i lr.
+"""The Auto-RGN family: per-tensor learning rates from a measured signal, max-normalised,
+scale_i = signal_i / max_j signal_j, lr_i = scale_i lr. One implementation, two signals:
+
+- rgn (spec 8, Lee et al. 2023): the relative gradient norm RGN_i = ||g_i|| / ||w_i||.
+- snr (`auto_snr`, Lee et al. 2023): the tensor-level gradient signal-to-noise ratio over the
+  calibration batches, SNR_i = ||mean_b g_ib||^2 / (mean_b ||g_ib||^2 - ||mean_b g_ib||^2).
 
 Reference semantics (`auto_rgn`): at every epoch start the loop runs `estimate_batches` batches
 of forward/backward without a step; their per-batch ratios are averaged, max-normalised, and a
@@ -12,8 +16,8 @@ tensors, from the batch-averaged gradient norms; all its tensors get that scale.
 
 A layer whose weights are all zero (a zero-initialised bias) has no relative gradient norm: its
 ratio would be ||g|| / eps and would dwarf every other layer's. It is left out of the maximum and
-trains at the full rate. Measurements that are not finite (an fp16 overflow) are not used: the
-scales stay as they were.
+trains at the full rate (rgn only). For either signal, measurements that are not finite (an fp16
+overflow) are not used: the scales stay as they were.
 """
 from __future__ import annotations
 
@@ -24,8 +28,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from strategies import register_strategy
 from strategies.protocol import EpochPlan, ModelLayout, Progress, TensorNorms
+from strategies.registry import register_strategy
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,23 @@ class AutoRgnOnlineConfig:
     weight_decay: float = 1e-4
     refresh_every_steps: int = 20
     smoothing: float = 0.9  # weight of the previous ratios in the moving average
+
+
+@dataclass
+class AutoSnrConfig:
+    name: str = "auto_snr"
+    exclude_bn: bool = True
+    estimate_batches: int = 5  # at least 2: the noise is a variance over the batches
+    weight_decay: float = 1e-4
+
+
+Signal = Literal["rgn", "snr"]
+
+
+def snr(mean_grad_norms: Tensor, grad_sq_means: Tensor) -> Tensor:
+    """Tensor-level gradient signal-to-noise ratio from batch moments (inputs (n,) float tensors)."""
+    signal = mean_grad_norms.square()
+    return signal / (grad_sq_means - signal).clamp_min(1e-30)
 
 
 def rgn_scales(ratios: Tensor, ranked: Tensor | None = None) -> Tensor:
@@ -77,11 +98,21 @@ def module_norms(grad_norms: Tensor, weight_norms: Tensor, members: Tensor,
 
 @dataclass
 class AutoRgn:
-    cfg: AutoRgnConfig | AutoRgnOnlineConfig
+    """One strategy of the family: its signal, and whether it calibrates per epoch or refreshes online.
+
+    Attributes:
+        signal: "rgn" or "snr" (snr needs the calibration's batch moments, so it is never online).
+        online: refresh every cfg.refresh_every_steps steps from live gradients, smoothed.
+        scales: tensor name -> the latest lr scale (1.0 before the first measurement).
+        smoothed: the moving average of the online ratios.
+    """
+
+    cfg: AutoRgnConfig | AutoRgnOnlineConfig | AutoSnrConfig
     layout: ModelLayout
     trainable: tuple[str, ...]
     scales: dict[str, float]
-    online: bool
+    signal: Signal = "rgn"
+    online: bool = False
     smoothed: Tensor | None = None
     name: str = "auto_rgn"
 
@@ -94,6 +125,12 @@ class AutoRgn:
     def extra_grad_(self, names, params, grads) -> None:
         pass
 
+    def _signal(self, norms: TensorNorms) -> tuple[Tensor, Tensor | None]:
+        """Per tensor: the signal, and which tensors take part in the maximum (None: all)."""
+        if self.signal == "snr":
+            return snr(norms.mean_grad_norms, norms.grad_sq_means).float(), None
+        return self._layer_ratios(norms)
+
     def _layer_ratios(self, norms: TensorNorms) -> tuple[Tensor, Tensor]:
         """Per tensor: the RGN of its layer, and whether that layer's weights are not all zero."""
         if self.cfg.granularity == "tensor":
@@ -104,10 +141,11 @@ class AutoRgn:
         return (grad / weight.clamp_min(MIN_WEIGHT_NORM)).float(), weight > MIN_WEIGHT_NORM
 
     def update_scales(self, norms: TensorNorms) -> dict[str, float] | None:
-        ratios, ranked = self._layer_ratios(norms)
+        ratios, ranked = self._signal(norms)
         # One host transfer per refresh: the optimizer's group learning rates are Python floats.
         if not bool(torch.isfinite(ratios).all()):
-            log.warning("%s: non-finite gradient norms (fp16 overflow?); keeping the previous scales", self.name)
+            log.warning("%s: non-finite %s measurement (fp16 overflow?); keeping the previous scales", self.name,
+                        self.signal)
             return None
         if self.online:
             s = self.cfg.smoothing
@@ -120,25 +158,34 @@ class AutoRgn:
         return {"scales": self.scales, "smoothed": self.smoothed}
 
     def load_state_dict(self, state: dict) -> None:
-        self.scales, self.smoothed = state["scales"], state["smoothed"]
+        # .get: an auto_snr resume state written before the family was merged has no "smoothed".
+        self.scales, self.smoothed = state["scales"], state.get("smoothed")
 
 
-def _create(online: bool, name: str):
+def _trainable(cfg, layout: ModelLayout) -> tuple[str, ...]:
+    """Every parameter, less the normalisation layers' (found by module type) when cfg.exclude_bn."""
+    excluded = layout.norm_params if cfg.exclude_bn else frozenset()
+    return tuple(n for n in layout.param_names if n not in excluded)
+
+
+def _create(signal: Signal, online: bool, name: str):
     def create(cfg, layout: ModelLayout, initial_params, epochs: int) -> AutoRgn:
-        steps = cfg.refresh_every_steps if online else cfg.estimate_batches
-        if steps < 1:
-            raise ValueError(f"strategy.{'refresh_every_steps' if online else 'estimate_batches'} must be "
-                             f"at least 1, got {steps}")
+        field, least = ("refresh_every_steps", 1) if online else ("estimate_batches", 2 if signal == "snr" else 1)
+        steps = getattr(cfg, field)
+        if steps < least:
+            why = " for a variance" if signal == "snr" else ""
+            raise ValueError(f"strategy.{field} must be at least {least}{why}, got {steps}")
         if online and not 0 <= cfg.smoothing < 1:
             raise ValueError(f"strategy.smoothing must be in [0, 1), got {cfg.smoothing}")
-        excluded = layout.norm_params if cfg.exclude_bn else frozenset()
-        trainable = tuple(n for n in layout.param_names if n not in excluded)
-        return AutoRgn(cfg, layout, trainable, {n: 1.0 for n in trainable}, online, name=name)
+        trainable = _trainable(cfg, layout)
+        return AutoRgn(cfg, layout, trainable, {n: 1.0 for n in trainable}, signal, online, name=name)
     return create
 
 
 register_strategy("auto_rgn", AutoRgnConfig, "per-tensor lr from relative gradient norms, re-estimated each epoch")(
-    _create(False, "auto_rgn"))
+    _create("rgn", False, "auto_rgn"))
 register_strategy("auto_rgn_online", AutoRgnOnlineConfig,
                   "Auto-RGN with scales refreshed every k steps from live gradients, no extra passes")(
-    _create(True, "auto_rgn_online"))
+    _create("rgn", True, "auto_rgn_online"))
+register_strategy("auto_snr", AutoSnrConfig, "per-tensor lr from the gradient signal-to-noise ratio, each epoch")(
+    _create("snr", False, "auto_snr"))

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from strategies import register_strategy
 from strategies.protocol import EpochPlan, ModelLayout, NoExtras, Progress
+from strategies.registry import register_strategy
 
 
 @dataclass

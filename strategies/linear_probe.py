@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from strategies import register_strategy
 from strategies.protocol import ConstantPlan, EpochPlan, ModelLayout
+from strategies.registry import register_strategy
 
 
 @dataclass

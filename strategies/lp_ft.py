@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from strategies import register_strategy
 from strategies.full_ft import full_plan
 from strategies.linear_probe import head_only_plan
 from strategies.protocol import EpochPlan, ModelLayout, NoExtras, Progress
+from strategies.registry import register_strategy
 
 
 @dataclass
@@ -24,7 +24,7 @@ class LpFtConfig:
 
 def lp_ft_phase(progress: Progress, lp_epochs: int, lp_early_stopping: bool, switched: bool) -> str:
     """'lp' or 'ft' for the epoch about to run; once 'ft', always 'ft'."""
-    if switched or progress.epoch >= lp_epochs or (lp_early_stopping and progress.stopped_early):
+    if switched or progress.epoch >= lp_epochs or (lp_early_stopping and progress.patience_exhausted):
         return "ft"
     return "lp"
 

@@ -45,13 +45,22 @@ class ModelLayout:
 
 @dataclass(frozen=True)
 class Progress:
-    """Where the run stands when the loop asks for a plan (epochs count from 0)."""
+    """Where the run stands when the loop asks for a plan (epochs count from 0).
+
+    Attributes:
+        epoch, total_epochs: the epoch about to run, and the budget E.
+        best_metric: the best validation value so far (None before the first epoch).
+        epochs_since_best: epochs of the current phase since its best value.
+        patience_exhausted: the loop's patience ran out at the end of the last epoch; within a
+            phase that allows early stopping the run then ends, so a strategy may use it to
+            end its phase instead (LP-FT's probing phase).
+    """
 
     epoch: int
     total_epochs: int
     best_metric: float | None = None
     epochs_since_best: int = 0
-    stopped_early: bool = False  # the loop's patience ran out at the end of the last epoch
+    patience_exhausted: bool = False  # the loop's patience ran out at the end of the last epoch
 
 
 @dataclass(frozen=True)
@@ -112,9 +121,23 @@ class TensorNorms:
 
 
 class Strategy(Protocol):
+    """A fine-tuning strategy, as the loop (engine/trainer.py) sees it.
+
+    The loop asks `plan` at every epoch start, then (when the plan says so) calls `update_scales`
+    with measured norms and `extra_grad_` after every backward. A strategy keeps its own state
+    (phase switches, measured scales) and hands it to the resume checkpoint through
+    `state_dict`/`load_state_dict`; it never touches the model, the optimizer or the tracker.
+
+    Attributes:
+        name: the registered id (also the default phase label).
+    """
+
     name: str
 
-    def plan(self, progress: Progress) -> EpochPlan: ...
+    def plan(self, progress: Progress) -> EpochPlan:
+        """Answers, for the epoch `progress.epoch` about to run: which tensors train, their
+        lr_scales, the phase, and which loop services (calibration, norms, extra gradient,
+        feature cache, early stopping) the epoch uses. Called once per epoch, in order."""
 
     def extra_grad_(self, names: list[str], params: list[Tensor], grads: list[Tensor]) -> None:
         """Adds the strategy's gradient term in place (may do nothing)."""
@@ -122,9 +145,11 @@ class Strategy(Protocol):
     def update_scales(self, norms: TensorNorms) -> Mapping[str, float] | None:
         """New lr_scales from measured norms (None: keep the plan's)."""
 
-    def state_dict(self) -> dict: ...
+    def state_dict(self) -> dict:
+        """The strategy's own state, for the resume checkpoint."""
 
-    def load_state_dict(self, state: dict) -> None: ...
+    def load_state_dict(self, state: dict) -> None:
+        """Restores what `state_dict` returned."""
 
 
 class NoExtras:

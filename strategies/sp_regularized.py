@@ -12,9 +12,9 @@ from typing import Literal
 
 from torch import Tensor
 
-from strategies import register_strategy
 from strategies.full_ft import full_plan
 from strategies.protocol import EpochPlan, ModelLayout, NoExtras, Progress
+from strategies.registry import register_strategy
 
 
 @dataclass

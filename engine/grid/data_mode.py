@@ -17,7 +17,7 @@ import torch
 
 from engine.cell_files import RESULT_FILE, cell_dir
 from engine.config import CellConfig
-from engine.distributed import init_data_parallel
+from engine.distributed import init_rank_group
 from engine.grid.claims import Claim, failed_attempts, try_claim
 from engine.grid.config import GridConfig
 from engine.grid.worker import MAX_POLL_S, DatasetCache, GridTally, Worker, cell_state, run_cell
@@ -35,7 +35,7 @@ def data_parallel_cells(cells: list[CellConfig], zero_stage: int) -> list[CellCo
 def work_data_parallel(cells: list[CellConfig], grid: GridConfig, worker: Worker, tally: GridTally,
                        cache: DatasetCache) -> dict[str, str]:
     """Runs every cell over all ranks; returns the final states (rank 0's view, on every rank)."""
-    parallel = init_data_parallel(grid.grid.zero_stage)
+    parallel = init_rank_group(grid.grid.zero_stage)
 
     def settle(cfg: CellConfig, claim: Claim) -> float:
         return run_cell(cfg, claim, grid, cache, worker)

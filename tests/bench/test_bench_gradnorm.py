@@ -1,5 +1,4 @@
 """bench/gradnorm.py at a tiny size on CPU: every row has every field, every model and variant appears."""
-import json
 import os
 
 # The Triton interpreter must be on before triton is imported (bench.gradnorm imports torchvision,
@@ -10,12 +9,13 @@ import pytest  # noqa: E402
 
 from bench import gradnorm  # noqa: E402
 from bench._rows import ROW_FIELDS  # noqa: E402
+from tests.helpers import read_jsonl
 
 
 def _run(tmp_path, *extra: str) -> list[dict]:
     out = tmp_path / "rows.jsonl"
     gradnorm.main(["--tiny", "--device", "cpu", "--warmup", "0", "--repeats", "2", "--out", str(out), *extra])
-    return [json.loads(line) for line in out.read_text().splitlines()]
+    return read_jsonl(out)
 
 
 def test_gradnorm_bench_rows_have_every_field_for_each_model_and_variant(tmp_path, monkeypatch):

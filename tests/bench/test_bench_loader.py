@@ -1,5 +1,4 @@
 """bench/loader.py at a tiny size on CPU: every row has every field, every backend appears."""
-import json
 
 import pytest
 
@@ -7,6 +6,7 @@ from bench import loader
 from bench._rows import ROW_FIELDS
 from engine.data.dali import dali_available
 from engine.data.synthetic import make_demo_dataset
+from tests.helpers import read_jsonl
 
 TINY = ["--size", "40", "--images", "12", "--batch", "4", "--resize", "36", "--crop", "32", "--workers", "0",
         "--device", "cpu", "--warmup", "0", "--repeats", "2"]
@@ -15,7 +15,7 @@ TINY = ["--size", "40", "--images", "12", "--batch", "4", "--resize", "36", "--c
 def _run(tmp_path, *extra: str) -> list[dict]:
     out = tmp_path / "rows.jsonl"
     loader.main([*TINY, "--out", str(out), *extra])
-    return [json.loads(line) for line in out.read_text().splitlines()]
+    return read_jsonl(out)
 
 
 def test_loader_bench_rows_have_every_field_for_each_backend(tmp_path):

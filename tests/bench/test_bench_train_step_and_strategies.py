@@ -1,12 +1,12 @@
 """bench/train_step.py and bench/strategies.py at a tiny size on CPU: rows complete, ratios present."""
-import json
 
 from bench import strategies, train_step
 from bench._rows import ROW_FIELDS
+from tests.helpers import read_jsonl
 
 
 def _rows(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return read_jsonl(path)
 
 
 def test_train_step_bench_rows_compare_medft_with_the_bare_loop(tmp_path):

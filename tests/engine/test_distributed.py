@@ -10,6 +10,7 @@ import pytest
 
 from engine.config import load_cell_config
 from engine.cell_files import cell_dir
+from tests.helpers import read_result
 
 pytestmark = pytest.mark.deepspeed
 
@@ -65,8 +66,8 @@ def test_two_rank_data_parallel_cell_matches_one_process_with_the_global_batch(d
     # Same samples, same weights: only the order of float additions differs (per-rank means, then
     # an all-reduce average), so the curves agree to float32 rounding.
     assert _losses(parallel) == pytest.approx(_losses(single), rel=1e-4)
-    a = json.loads((cell_dir(single) / "result.json").read_text())["test"]
-    b = json.loads((cell_dir(parallel) / "result.json").read_text())["test"]
+    a = read_result(single)["test"]
+    b = read_result(parallel)["test"]
     assert a["samples"] == b["samples"] and a["confusion_matrix"] == b["confusion_matrix"]
 
 

@@ -10,10 +10,11 @@ from engine.data.synthetic import make_demo_dataset
 from engine.run_context import build_context
 from engine.cell_files import cell_dir
 from engine.trainer import train_cell
+from tests.helpers import read_metrics
 
 
 def _rows(cfg):
-    return [json.loads(line) for line in (cell_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(cfg)
 
 
 def test_train_cell_writes_config_metrics_result_and_best_checkpoint(cpu_cell_config):

@@ -14,7 +14,7 @@ import random  # noqa: E402  (after the environment is set, on purpose)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels.multi_tensor_norm import kernel_backend  # noqa: E402
+from kernels.dispatch import kernel_backend  # noqa: E402
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 

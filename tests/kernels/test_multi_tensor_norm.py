@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+import kernels.dispatch as dispatch
 import kernels.multi_tensor_norm as mtn
 from kernels.multi_tensor_norm import multi_tensor_norm, multi_tensor_norm_cache_info, multi_tensor_norm_reference
 
@@ -95,9 +96,9 @@ def test_multi_tensor_norm_uses_reference_when_kernels_env_is_reference(monkeypa
 
 def test_multi_tensor_norm_falls_back_and_logs_once_when_interpreter_off(use_triton, monkeypatch, caplog):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    monkeypatch.setattr(mtn, "_logged_reasons", set())
+    monkeypatch.setattr(dispatch, "_logged_reasons", set())
     grads, weights = [torch.randn(4, 3)], [torch.randn(4, 3)]
-    with caplog.at_level(logging.WARNING, logger=mtn.__name__):
+    with caplog.at_level(logging.WARNING, logger=dispatch.__name__):
         outputs = [multi_tensor_norm(grads, weights) for _ in range(2)]
     assert len(caplog.records) == 1 and "TRITON_INTERPRET=1" in caplog.records[0].getMessage()
     for got, ref in zip(outputs[1], multi_tensor_norm_reference(grads, weights)):

@@ -1,5 +1,3 @@
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,12 +7,11 @@ from engine.data.sources import load_index
 from engine.optim import epoch_lr
 from engine.run_context import build_context
 from engine import trainer
-from engine.cell_files import cell_dir
 from engine.trainer import train_cell
 from strategies import create_strategy
-from strategies.auto_rgn import AutoRgnConfig, AutoRgnOnlineConfig
+from strategies.auto_rgn import AutoRgnConfig, AutoRgnOnlineConfig, AutoSnrConfig, snr
 from strategies.protocol import Progress, TensorNorms
-from tests.strategies.helpers import tiny_layout
+from tests.helpers import read_metrics, start_epoch, tiny_layout
 
 
 def _context(cfg):
@@ -62,7 +59,7 @@ def test_auto_rgn_scales_match_slow_reference(cpu_cell_config, granularity):
     cfg = cpu_cell_config("strategy.name=auto_rgn", "data.train_batch_size=8",
                           f"strategy.granularity={granularity}")
     ctx, loaders = _context(cfg)
-    plan = ctx.apply_plan(ctx.strategy.plan(Progress(0, 2)), 0, calibration_loader=loaders.train)
+    plan = start_epoch(ctx, ctx.strategy.plan(Progress(0, 2)), 0, calibration_loader=loaders.train)
     want = _slow_reference(cfg, granularity)
     assert set(plan.lr_scales) == set(want)
     got = torch.tensor([plan.lr_scales[n] for n in want])
@@ -88,16 +85,16 @@ def test_auto_rgn_excludes_batchnorm_by_module_type():
 def test_auto_rgn_recomputes_scales_each_epoch_with_a_fresh_optimizer(cpu_cell_config):
     cfg = cpu_cell_config("strategy.name=auto_rgn", "trainer.epochs=2", "trainer.max_steps_per_epoch=2")
     train_cell(cfg)
-    rows = [json.loads(line) for line in (cell_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(cfg)
     # The cosine schedule alone changes every lr between epochs: compare the scales.
     scales = [{k: v / epoch_lr(cfg.optim, r["epoch"], 2) for k, v in r.items() if k.startswith("strategy/lr/")}
               for r in rows]
     assert scales[0].keys() == scales[1].keys()
     assert any(abs(scales[0][k] - scales[1][k]) > 1e-6 for k in scales[0])
     ctx, loaders = _context(cfg)
-    ctx.apply_plan(ctx.strategy.plan(Progress(0, 2)), 0, calibration_loader=loaders.train)
+    start_epoch(ctx, ctx.strategy.plan(Progress(0, 2)), 0, calibration_loader=loaders.train)
     first = ctx.optimizer
-    ctx.apply_plan(ctx.strategy.plan(Progress(1, 2)), 1, calibration_loader=loaders.train)
+    start_epoch(ctx, ctx.strategy.plan(Progress(1, 2)), 1, calibration_loader=loaders.train)
     assert ctx.optimizer is not first
     assert all(g["weight_decay"] == 1e-4 for g in ctx.optimizer.param_groups)
 
@@ -122,7 +119,7 @@ def test_auto_rgn_online_runs_no_extra_forward_or_backward(cpu_cell_config, tmp_
     offline, _ = count_forwards("auto_rgn")
     assert online == plain
     assert offline == plain + 2 * 5  # the reference variant calibrates on 5 batches every epoch
-    rows = [json.loads(line) for line in (cell_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(cfg)
     assert len({round(v, 12) for k, v in rows[-1].items() if k.startswith("strategy/lr/")}) > 1
 
 
@@ -162,3 +159,34 @@ def test_auto_rgn_bad_config_is_an_error(field, value):
     _, layout = tiny_layout()
     with pytest.raises(ValueError, match=f"strategy.{field}"):
         create_strategy(AutoRgnConfig(**{field: value}), layout, {}, 3)
+
+
+def test_auto_snr_matches_moments_of_per_batch_gradients():
+    grads = torch.randn(5, 7) + 0.5  # 5 batches of a 7-element tensor
+    mean = grads.mean(0)
+    want = mean.square().sum() / ((grads - mean).square().sum(1).mean())
+    got = snr(mean.norm().unsqueeze(0), grads.square().sum(1).mean().unsqueeze(0))
+    torch.testing.assert_close(got, want.unsqueeze(0))
+
+
+def test_auto_snr_needs_two_batches():
+    _, layout = tiny_layout()
+    with pytest.raises(ValueError, match="strategy.estimate_batches"):
+        create_strategy(AutoSnrConfig(estimate_batches=1), layout, {}, 3)
+
+
+@pytest.mark.parametrize("overflow", [float("inf"), float("nan")])
+def test_auto_snr_keeps_its_scales_when_a_measurement_overflows(overflow):
+    # An fp16 overflow in one calibration batch makes a moment inf (or nan): the scales must not
+    # become NaN learning rates, and the last finite measurement's scales stay.
+    _, layout = tiny_layout()
+    strategy = create_strategy(AutoSnrConfig(), layout, {}, 3)
+    ones, names = torch.ones(2), ("a", "b")
+    measured = TensorNorms(names, ones, ones, ones, mean_grad_norms=torch.tensor([1.0, 0.5]),
+                           grad_sq_means=torch.tensor([2.0, 2.0]))
+    first = dict(strategy.update_scales(measured))
+    assert first == pytest.approx({"a": 1.0, "b": (0.25 / 1.75) / (1.0 / 1.0)})
+    overflowed = TensorNorms(names, ones, ones, ones, mean_grad_norms=torch.tensor([overflow, 0.5]),
+                             grad_sq_means=torch.tensor([overflow, 2.0]))
+    assert strategy.update_scales(overflowed) is None
+    assert strategy.scales == first and strategy.plan(Progress(1, 3)).lr_scales == first

@@ -1,5 +1,3 @@
-import json
-
 import pytest
 
 from engine.cell_files import cell_dir
@@ -7,7 +5,7 @@ from engine.trainer import train_cell
 from strategies import create_strategy, strategy_config_class
 from strategies.gradual_unfreeze import unfreeze_schedule
 from strategies.protocol import Progress
-from tests.strategies.helpers import tiny_layout
+from tests.helpers import read_metrics, tiny_layout
 
 RESNET = ["stem", "layer1", "layer2", "layer3", "layer4"]
 DENSENET = ["stem", "denseblock1", "transition1", "denseblock2", "transition2", "denseblock3", "transition3",
@@ -47,7 +45,7 @@ def test_g_fl_unfreezes_input_block_first_in_a_run(cpu_cell_config):
     cfg = cpu_cell_config("strategy.name=g_fl", "strategy.period_epochs=1", "trainer.epochs=3",
                           "trainer.max_steps_per_epoch=1", "trainer.patience=5")
     train_cell(cfg)
-    rows = [json.loads(line) for line in (cell_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(cfg)
     assert [r["strategy/lr/stem"] > 0 for r in rows] == [False, True, True]
     assert [r["strategy/lr/layer1"] > 0 for r in rows] == [False, False, True]
     assert all(r["strategy/lr/layer4"] == 0 for r in rows)
@@ -60,7 +58,7 @@ def test_gradual_early_stopping_waits_until_every_block_trains(cpu_cell_config):
     cfg = cpu_cell_config("strategy.name=g_lf", "strategy.period_epochs=1", "trainer.epochs=9",
                           "trainer.patience=1", "optim.lr=0.0", "trainer.max_steps_per_epoch=1")
     result = train_cell(cfg)
-    rows = [json.loads(line) for line in (cell_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(cfg)
     assert [r["strategy/phase"] for r in rows] == [f"g_lf/{k}" for k in range(6)] + ["g_lf/5"]
     assert result["stopped_early"]
     early = cpu_cell_config("strategy.name=g_lf", "strategy.period_epochs=1", "trainer.epochs=9",

@@ -1,10 +1,9 @@
 import pytest
-import torch
 
 from strategies import create_strategy
-from strategies.layerwise import AutoSnrConfig, LlrdConfig, SurgicalConfig, llrd_scales, snr
+from strategies.layerwise import LlrdConfig, SurgicalConfig, llrd_scales
 from strategies.protocol import Progress
-from tests.strategies.helpers import tiny_layout
+from tests.helpers import tiny_layout
 
 
 @pytest.mark.parametrize("block, expected", [("first", "stem"), ("last", "layer4"), ("layer2", "layer2")])
@@ -27,17 +26,3 @@ def test_llrd_scales_decay_from_the_head():
     assert plan.lr_scales["head"] == 1.0 and plan.lr_scales["stem"] == pytest.approx(0.8 ** 5)
     with pytest.raises(ValueError, match="strategy.decay"):
         create_strategy(LlrdConfig(decay=0.0), layout, {}, 3)
-
-
-def test_auto_snr_matches_moments_of_per_batch_gradients():
-    grads = torch.randn(5, 7) + 0.5  # 5 batches of a 7-element tensor
-    mean = grads.mean(0)
-    want = mean.square().sum() / ((grads - mean).square().sum(1).mean())
-    got = snr(mean.norm().unsqueeze(0), grads.square().sum(1).mean().unsqueeze(0))
-    torch.testing.assert_close(got, want.unsqueeze(0))
-
-
-def test_auto_snr_needs_two_batches():
-    _, layout = tiny_layout()
-    with pytest.raises(ValueError, match="strategy.estimate_batches"):
-        create_strategy(AutoSnrConfig(estimate_batches=1), layout, {}, 3)

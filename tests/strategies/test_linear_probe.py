@@ -4,11 +4,13 @@ import torch
 from engine.data.loaders import build_loaders
 from engine.data.sources import load_index
 from engine.models import block_modules
+from engine.epoch_inputs import epoch_inputs
 from engine.run_context import build_context
 from engine.cell_files import cell_dir
 from engine.trainer import train_cell
 from strategies.protocol import Progress
 from tests.conftest import TINY_BACKBONES
+from tests.helpers import start_epoch
 
 
 @pytest.mark.parametrize("backbone", TINY_BACKBONES)
@@ -49,8 +51,8 @@ def test_lp_feature_cache_is_off_when_augmentation_is_on(cpu_cell_config):
     index = load_index(cfg.data)
     ctx = build_context(cfg, index)
     loaders = build_loaders(index, cfg.data, cfg.trainer.seed, ctx.device)
-    plan = ctx.apply_plan(ctx.strategy.plan(Progress(0, 2)), 0)
-    inputs = ctx.epoch_inputs(plan, loaders, index)
+    plan = start_epoch(ctx, ctx.strategy.plan(Progress(0, 2)), 0)
+    inputs = epoch_inputs(ctx, plan, loaders, index)
     assert inputs.train is loaders.train and inputs.val is loaders.val
     assert inputs.train_forward is ctx.model and inputs.eval_forward is ctx.model
 

@@ -1,29 +1,26 @@
-import json
-
 import pytest
 import torch
 
 from engine.data.sources import load_index
 from engine.optim import epoch_lr
 from engine.run_context import build_context
-from engine.cell_files import cell_dir
 from engine.trainer import train_cell
 from strategies import create_strategy
 from strategies.lp_ft import LpFtConfig, lp_ft_phase
 from strategies.protocol import Progress
-from tests.strategies.helpers import tiny_layout
+from tests.helpers import read_metrics, start_epoch, tiny_layout
 
 
 def test_lp_ft_rebuilds_optimizer_at_phase_two_with_every_param_at_tenth_lr(cpu_cell_config):
     cfg = cpu_cell_config("strategy.name=lp_ft", "trainer.epochs=4")
     ctx = build_context(cfg, load_index(cfg.data))
-    ctx.apply_plan(ctx.strategy.plan(Progress(1, 4)), 1)
+    start_epoch(ctx, ctx.strategy.plan(Progress(1, 4)), 1)
     phase_one_optimizer = ctx.optimizer
     head = ctx.model.fc.weight
     with torch.no_grad():
         head.add_(1.0)  # stands for what phase 1 learned
     probed_head = head.detach().clone()
-    plan = ctx.apply_plan(ctx.strategy.plan(Progress(2, 4)), 2)
+    plan = start_epoch(ctx, ctx.strategy.plan(Progress(2, 4)), 2)
     assert plan.phase == "ft" and ctx.optimizer is not phase_one_optimizer
     assert not ctx.optimizer.state  # a new optimizer: no Adam moments carried over
     in_groups = [p for g in ctx.optimizer.param_groups for p in g["params"]]
@@ -32,7 +29,7 @@ def test_lp_ft_rebuilds_optimizer_at_phase_two_with_every_param_at_tenth_lr(cpu_
     assert all(g["lr"] == pytest.approx(expected_lr, rel=1e-12) for g in ctx.optimizer.param_groups)
     assert torch.equal(ctx.model.fc.weight, probed_head)
     phase_two_optimizer = ctx.optimizer
-    ctx.apply_plan(ctx.strategy.plan(Progress(3, 4)), 3)
+    start_epoch(ctx, ctx.strategy.plan(Progress(3, 4)), 3)
     assert ctx.optimizer is phase_two_optimizer  # one new optimizer for the phase, not one per epoch
 
 
@@ -40,7 +37,7 @@ def test_lp_ft_phases_in_a_run_and_head_carried_over(cpu_cell_config):
     cfg = cpu_cell_config("strategy.name=lp_ft", "trainer.epochs=4", "trainer.max_steps_per_epoch=2",
                           "trainer.patience=5")
     train_cell(cfg)
-    rows = [json.loads(line) for line in (cell_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(cfg)
     assert [r["strategy/phase"] for r in rows] == ["lp", "lp", "ft", "ft"]
     assert [r["strategy/lr/stem"] > 0 for r in rows] == [False, False, True, True]
     assert rows[2]["strategy/lr/head"] == pytest.approx(epoch_lr(cfg.optim, 2, 4) * 0.1)
@@ -51,14 +48,14 @@ def test_lp_ft_without_phase_one_early_stopping_still_reaches_phase_two(cpu_cell
     cfg = cpu_cell_config("strategy.name=lp_ft", "strategy.lp_early_stopping=false", "strategy.lp_epochs=3",
                           "trainer.epochs=6", "trainer.patience=1", "optim.lr=0.0", "trainer.max_steps_per_epoch=1")
     result = train_cell(cfg)
-    rows = [json.loads(line) for line in (cell_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(cfg)
     assert [r["strategy/phase"] for r in rows] == ["lp", "lp", "lp", "ft", "ft"] and result["stopped_early"]
 
 
 def test_lp_ft_phase_ends_early_when_phase_one_stops():
-    assert lp_ft_phase(Progress(1, 10, stopped_early=False), 5, True, False) == "lp"
-    assert lp_ft_phase(Progress(1, 10, stopped_early=True), 5, True, False) == "ft"
-    assert lp_ft_phase(Progress(1, 10, stopped_early=True), 5, False, False) == "lp"
+    assert lp_ft_phase(Progress(1, 10, patience_exhausted=False), 5, True, False) == "lp"
+    assert lp_ft_phase(Progress(1, 10, patience_exhausted=True), 5, True, False) == "ft"
+    assert lp_ft_phase(Progress(1, 10, patience_exhausted=True), 5, False, False) == "lp"
     assert lp_ft_phase(Progress(5, 10), 5, True, False) == "ft"
     assert lp_ft_phase(Progress(3, 10), 5, True, True) == "ft"  # never back to lp
 
@@ -66,7 +63,7 @@ def test_lp_ft_phase_ends_early_when_phase_one_stops():
 def test_lp_ft_state_survives_a_round_trip():
     _, layout = tiny_layout()
     strategy = create_strategy(LpFtConfig(lp_epochs=2), layout, {}, 6)
-    strategy.plan(Progress(0, 6, stopped_early=True))
+    strategy.plan(Progress(0, 6, patience_exhausted=True))
     copy = create_strategy(LpFtConfig(lp_epochs=2), layout, {}, 6)
     copy.load_state_dict(strategy.state_dict())
     assert copy.plan(Progress(1, 6)).phase == "ft"

@@ -4,7 +4,7 @@ import torch
 from strategies import create_strategy
 from strategies.protocol import Progress
 from strategies.sp_regularized import SpConfig
-from tests.strategies.helpers import tiny_layout
+from tests.helpers import tiny_layout
 
 # w_H, written out: the replaced classifier layer only; the rest of a head block starts pretrained.
 NEW_HEAD = {"tiny_resnet": {"fc.weight", "fc.bias"},

@@ -44,8 +44,9 @@ class Cell:
     folder: Path | None = None
 
 
-def load_cells(run_dir: Path) -> tuple[str, list[Cell]]:
-    """The grid's name and its cells: every cell folder, plus cells grid.yaml lists but never started."""
+def load_cells(run_dir: Path) -> tuple[str, str, list[Cell]]:
+    """The grid's name, its description and its cells: every cell folder, plus cells grid.yaml lists
+    but never started."""
     cells = {}
     for folder in sorted(p for p in run_dir.iterdir() if p.is_dir()):
         try:
@@ -53,13 +54,13 @@ def load_cells(run_dir: Path) -> tuple[str, list[Cell]]:
         except ValueError:
             continue  # not a cell folder (e.g. report/)
         cells[key] = _read_cell(key, folder)
-    name = run_dir.name
+    name, description = run_dir.name, ""
     if (run_dir / GRID_FILE).is_file():
         grid = grid_from_dict(yaml.safe_load((run_dir / GRID_FILE).read_text()), str(run_dir / GRID_FILE))
-        name = grid.name
+        name, description = grid.name, grid.description
         for key in cell_keys(grid):
             cells.setdefault(key, Cell(key, "not started"))
-    return name, sorted(cells.values(), key=lambda c: c.key)
+    return name, description, sorted(cells.values(), key=lambda c: c.key)
 
 
 def _read_cell(key: CellKey, folder: Path) -> Cell:
@@ -209,7 +210,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise FileNotFoundError(f"run directory not found: {run_dir}")
     out = Path(out) if out else run_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    name, cells = load_cells(run_dir)
+    name, description, cells = load_cells(run_dir)
     summary = summarize(cells)
     wins, cost = wins_table(summary), cost_table(cells)
     tables = {"cells": cell_rows(cells), "summary": summary, "wins": wins, "cost": cost,
@@ -218,7 +219,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         write_csv(rows, out / f"{table}.csv")
     figures = plot_heatmaps(summary, out) + plot_curves(cells, out)
     path = out / "report.md"
-    path.write_text(render_markdown(name, run_dir, cells, summary, wins, cost, figures))
+    path.write_text(render_markdown(name, run_dir, cells, summary, wins, cost, figures, description))
     return path
 
 
@@ -250,10 +251,10 @@ def _dataset_section(dataset: str, summary: list[dict], figures: list[Path]) -> 
 
 
 def render_markdown(name: str, run_dir: Path, cells: list[Cell], summary: list[dict], wins: list[dict],
-                    cost: list[dict], figures: list[Path]) -> str:
-    """report.md: the headline wins, one table per dataset, cost, failures and figures."""
+                    cost: list[dict], figures: list[Path], description: str = "") -> str:
+    """report.md: the grid's description, the headline wins, one table per dataset, cost, failures and figures."""
     counts = {s: sum(c.status == s for c in cells) for s in ("done", "failed", "unfinished", "not started")}
-    lines = [f"# medft report: {name}", "",
+    lines = [f"# medft report: {name}", "", *([description.strip(), ""] if description.strip() else []),
              f"Run folder `{run_dir}`: {len(cells)} cells; " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".",
              "", "Test metrics, mean ± sample std over seeds. Δ = strategy mean − FT mean on the same dataset and "
              "backbone. p = two-sided paired t-test over the seeds both ran (summary.csv also has the exact "

@@ -38,8 +38,8 @@ class SourceTask:
         image_seed: seed of the generated images (the target's images use 0).
     """
 
-    images_per_class: int = 60
-    epochs: int = 6
+    images_per_class: int = 150
+    epochs: int = 10
     image_seed: int = 1
 
     def __post_init__(self):

@@ -18,6 +18,7 @@ from engine.cell_files import CELL_ID_SEP, CellKey
 from engine.config import CellConfig, apply_overrides, from_dict, parse_strategy, read_yaml
 
 STUDY_SEEDS = (684, 559, 629)  # ../shared/spec/strategies.md, shared protocol
+BACKBONE_PLACEHOLDER = "{backbone}"  # in cell.model.weights, replaced by each cell's backbone
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Cell settings the grid's own axes decide; setting them under `cell` would be silently ignored.
 _SET_BY_GRID = {("data", "path"): "datasets[].path", ("data", "format"): "datasets[].format",
@@ -48,6 +49,7 @@ class GridSettings:
 class GridConfig:
     # Defaults only so that a missing key gets a message naming it (grid_from_dict), not a TypeError.
     name: str = ""
+    description: str = ""  # one paragraph the report prints under its title (e.g. where the weights come from)
     out_dir: str = ""
     datasets: list[DatasetEntry] = field(default_factory=list)
     backbones: list[str] = field(default_factory=list)
@@ -138,7 +140,10 @@ def expand_cells(grid: GridConfig, source: str = "grid") -> list[CellConfig]:
     for key in keys:
         data = copy.deepcopy(grid.cell)
         data.setdefault("data", {}).update(path=str(paths[key.dataset]), format=formats[key.dataset])
-        data.setdefault("model", {})["backbone"] = key.backbone
+        model = data.setdefault("model", {})
+        model["backbone"] = key.backbone
+        if isinstance(model.get("weights"), str):  # one weights file per backbone: model.weights: dir/{backbone}.pth
+            model["weights"] = model["weights"].replace(BACKBONE_PLACEHOLDER, key.backbone)
         data.setdefault("trainer", {}).update(seed=key.seed, out_dir=grid.out_dir)
         data.setdefault("tracking", {}).setdefault("group", grid.name)
         entry = overrides[key.strategy]

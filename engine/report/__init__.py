@@ -33,7 +33,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise FileNotFoundError(f"run directory not found: {run_dir}")
     out = Path(out) if out else run_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    name, cells = load_cells(run_dir)
+    name, description, cells = load_cells(run_dir)
     summary = summarize(cells)
     wins, cost = wins_table(summary), cost_table(cells)
     tables = {"cells": cell_rows(cells), "summary": summary, "wins": wins, "cost": cost,
@@ -42,7 +42,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         write_csv(rows, out / f"{table}.csv")
     figures = plot_heatmaps(summary, out) + plot_curves(cells, out)
     path = out / "report.md"
-    path.write_text(render_markdown(name, run_dir, cells, summary, wins, cost, figures))
+    path.write_text(render_markdown(name, run_dir, cells, summary, wins, cost, figures, description))
     return path
 
 

@@ -24,8 +24,9 @@ class Cell:
     folder: Path | None = None
 
 
-def load_cells(run_dir: Path) -> tuple[str, list[Cell]]:
-    """The grid's name and its cells: every cell folder, plus cells grid.yaml lists but never started."""
+def load_cells(run_dir: Path) -> tuple[str, str, list[Cell]]:
+    """The grid's name, its description and its cells: every cell folder, plus cells grid.yaml lists
+    but never started."""
     cells = {}
     for folder in sorted(p for p in run_dir.iterdir() if p.is_dir()):
         try:
@@ -33,13 +34,13 @@ def load_cells(run_dir: Path) -> tuple[str, list[Cell]]:
         except ValueError:
             continue  # not a cell folder (e.g. report/)
         cells[key] = _read_cell(key, folder)
-    name = run_dir.name
+    name, description = run_dir.name, ""
     if (run_dir / GRID_FILE).is_file():
         grid = grid_from_dict(yaml.safe_load((run_dir / GRID_FILE).read_text()), str(run_dir / GRID_FILE))
-        name = grid.name
+        name, description = grid.name, grid.description
         for key in cell_keys(grid):
             cells.setdefault(key, Cell(key, "not started"))
-    return name, sorted(cells.values(), key=lambda c: c.key)
+    return name, description, sorted(cells.values(), key=lambda c: c.key)
 
 
 def _read_cell(key: CellKey, folder: Path) -> Cell:

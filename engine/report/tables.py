@@ -122,10 +122,10 @@ def _dataset_section(dataset: str, summary: list[dict], figures: list[Path]) -> 
 
 
 def render_markdown(name: str, run_dir: Path, cells: list[Cell], summary: list[dict], wins: list[dict],
-                    cost: list[dict], figures: list[Path]) -> str:
-    """report.md: the headline wins, one table per dataset, cost, failures and figures."""
+                    cost: list[dict], figures: list[Path], description: str = "") -> str:
+    """report.md: the grid's description, the headline wins, one table per dataset, cost, failures and figures."""
     counts = {s: sum(c.status == s for c in cells) for s in ("done", "failed", "unfinished", "not started")}
-    lines = [f"# medft report: {name}", "",
+    lines = [f"# medft report: {name}", "", *([description.strip(), ""] if description.strip() else []),
              f"Run folder `{run_dir}`: {len(cells)} cells; " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".",
              "", "Test metrics, mean ± sample std over seeds. Δ = strategy mean − FT mean on the same dataset and "
              "backbone. p = two-sided paired t-test over the seeds both ran (summary.csv also has the exact "

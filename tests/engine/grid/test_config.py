@@ -108,3 +108,12 @@ def test_paper_grid_is_the_study_432_cells(tmp_path):
     cells = expand_cells(grid)
     assert len(cells) == len(cell_keys(grid)) == 432
     assert cells[0].trainer.epochs == 30 and cells[0].data.crop == 224  # the shared protocol's defaults
+
+
+def test_grid_weights_path_may_name_each_cells_backbone(tmp_path):
+    (tmp_path / "shapes").mkdir()
+    grid = grid_from_dict(_grid(data_root=str(tmp_path), backbones=["tiny_resnet", "tiny_densenet"],
+                                cell={"model": {"weights": "/w/{backbone}.pth"}}), "test")
+    assert {c.model.backbone: c.model.weights for c in expand_cells(grid)} == {
+        "tiny_resnet": "/w/tiny_resnet.pth", "tiny_densenet": "/w/tiny_densenet.pth"}
+    assert grid.cell["model"]["weights"] == "/w/{backbone}.pth"  # the grid itself keeps the template

@@ -120,3 +120,12 @@ def test_report_command_prints_the_report_path(fake_run, capsys):
     assert cli.main(["report", str(run_dir), "--out", str(run_dir / "elsewhere")]) == 0
     assert capsys.readouterr().out.strip() == str(run_dir / "elsewhere" / "report.md")
     assert cli.main(["report", str(run_dir / "missing")]) == 2
+
+
+def test_report_prints_the_grids_description_under_its_title(fake_run):
+    run_dir, _ = fake_run
+    assert write_report(run_dir).read_text().split("\n")[2].startswith("Run folder")  # none: nothing printed
+    grid = yaml.safe_load((run_dir / "grid.yaml").read_text())
+    (run_dir / "grid.yaml").write_text(yaml.safe_dump({**grid, "description": "Weights from the source task."}))
+    assert write_report(run_dir).read_text().split("\n")[:4] == [
+        "# medft report: fake", "", "Weights from the source task.", ""]

@@ -192,12 +192,16 @@ def _work(cells: list[CellConfig], grid: GridConfig, worker: Worker, progress: P
             time.sleep(min(grid.grid.heartbeat_s, _MAX_POLL_S))
 
 
-def run_cell(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCache, worker: Worker) -> float:
-    """Runs one claimed cell (or finds it finished) and releases the claim; returns the wall seconds."""
+def run_cell(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCache, worker: Worker,
+             until_epoch: int | None = None) -> float:
+    """Runs one claimed cell (or finds it finished) and releases the claim; returns the wall seconds.
+
+    With `until_epoch` (a rung job of `medft recommend`) the cell pauses once it has that many epochs.
+    """
     start, outcome = time.perf_counter(), "interrupted"
     claim.start_heartbeat(grid.grid.heartbeat_s)
     try:
-        outcome = _attempt(cfg, claim, grid, cache, worker)
+        outcome = _attempt(cfg, claim, grid, cache, worker, until_epoch)
     except ClaimLost:
         outcome = "lost"
         log.warning("cell %s: taken over by another worker; stopped here", cfg.cell_id)
@@ -206,7 +210,8 @@ def run_cell(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCach
     return time.perf_counter() - start
 
 
-def _attempt(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCache, worker: Worker) -> str:
+def _attempt(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCache, worker: Worker,
+             until_epoch: int | None = None) -> str:
     out = cell_dir(cfg)
     if (out / RESULT_FILE).is_file():
         return "done"  # finished by another worker between our look and our claim
@@ -220,7 +225,7 @@ def _attempt(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCach
              worker.rank)
     tracker, start = create_tracker(cfg, grid.name), time.perf_counter()
     try:
-        result = train_cell(cfg, _GuardedTracker(tracker, claim), index=cache.get(cfg))
+        result = train_cell(cfg, _GuardedTracker(tracker, claim), index=cache.get(cfg), until_epoch=until_epoch)
     except (KeyboardInterrupt, ClaimLost) as e:
         append_event(out, "lost" if isinstance(e, ClaimLost) else "interrupted", worker.rank)
         raise
@@ -233,6 +238,10 @@ def _attempt(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCach
     finally:
         tracker.finish()
     wall_s = time.perf_counter() - start
+    if result is None:
+        append_event(out, "paused", worker.rank, wall_s=wall_s, epochs=until_epoch)
+        log.info("cell %s: paused at epoch %d after %.0f s", cfg.cell_id, until_epoch, wall_s)
+        return "paused"
     append_event(out, "done", worker.rank, wall_s=wall_s)
     log.info("cell %s: done in %.0f s, test accuracy %.4f", cfg.cell_id, wall_s, result["test"]["accuracy"])
     return "done"

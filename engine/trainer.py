@@ -60,7 +60,8 @@ class EarlyStopping:
         return self.epochs_since_best >= self.patience
 
 
-def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None) -> dict:
+def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None, until_epoch: int | None = None
+               ) -> dict | None:
     """Trains one cell to completion (or resumes it) and returns its result.
 
     Writes into trainer.out_dir/<cell id>: config.yaml, metrics.jsonl (one line per epoch),
@@ -73,6 +74,9 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None) -> d
     Args:
         tracker: receives every epoch's metrics and the final summary (default: none).
         index: an already loaded DatasetIndex (grid workers reuse it across cells).
+        until_epoch: pause once the cell has this many epochs (a rung of `medft recommend`):
+            returns None with last.pt as the resume state, unless the cell finished first. The
+            config is untouched, so the schedule and the result are those of an uninterrupted run.
     """
     out = cell_dir(cfg)
     if (out / RESULT_FILE).is_file():
@@ -95,6 +99,8 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None) -> d
         if stopper.exhausted and plan is not None and new_plan.phase == plan.phase and new_plan.early_stopping:
             stopped_early = True
             break
+        if until_epoch is not None and epoch >= until_epoch:
+            return None
         if plan is not None and new_plan.phase != plan.phase:
             stopper.new_phase()
         plan = ctx.apply_plan(new_plan, epoch, calibration_loader=loaders.train)

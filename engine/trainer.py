@@ -144,7 +144,7 @@ def _save_epoch(ctx: RunContext, plan: EpochPlan, epoch: int, stopper: EarlyStop
     checkpoint.save_torch_atomic({
         "epoch": epoch + 1, "model": ctx.model.state_dict(), "optimizer": ctx.optimizer.state_dict(),
         "scaler": ctx.scaler.state_dict(), "strategy": ctx.strategy.state_dict(), "plan": asdict(plan),
-        "stopper": asdict(stopper), "rng": checkpoint.rng_state()}, out / LAST_CKPT)
+        "stopper": asdict(stopper), "counters": dict(ctx.counters), "rng": checkpoint.rng_state()}, out / LAST_CKPT)
 
 
 def _resume(ctx: RunContext, stopper: EarlyStopping, out: Path) -> tuple[int, EpochPlan | None]:
@@ -167,6 +167,8 @@ def _resume(ctx: RunContext, stopper: EarlyStopping, out: Path) -> tuple[int, Ep
     ctx.scaler.load_state_dict(state["scaler"])
     for key, value in state["stopper"].items():
         setattr(stopper, key, value)
+    # The result's totals (images trained, train seconds) are of the whole run, not of this attempt.
+    ctx.counters.update(state.get("counters", {}))
     checkpoint.set_rng_state(state["rng"])
     if ctx.is_main:
         _truncate_metrics(out / METRICS_FILE, epoch)

@@ -217,3 +217,34 @@ def _seed_stage(alive: list[Arm], seeds: Sequence[int], epochs: int, settings: R
         decision.jobs = _missing(contenders, [seeds[used - 1]], epochs, seen)
         if decision.jobs:
             return decision
+
+
+def reveal(cell: CellView, epochs: int) -> CellView:
+    """The cell as the race sees it after training it until `epochs` (from its full record)."""
+    return CellView(cell.points[:epochs], done=cell.done and len(cell.points) <= epochs)
+
+
+def replay(arms: Sequence[Arm], seeds: Sequence[int], epochs: int, settings: RaceSettings,
+           cells: Mapping[tuple[str, int], CellView]) -> tuple[Decision, dict[tuple[str, int], CellView]]:
+    """Runs `decide` on recorded cells, revealing each only as far as the jobs so far asked.
+
+    Returns the last decision and the views it was made from (what the race trained). The
+    decision is `decide`'s on the cells themselves whenever they hold no more than the race
+    trained: `decide` reads no epoch beyond each rung, nor a finish that came after it.
+
+    Raises:
+        ValueError: naming a cell that the race needs further than `cells` has it.
+    """
+    revealed: dict[tuple[str, int], int] = {}
+    while True:
+        seen = {key: reveal(cells[key], n) for key, n in revealed.items()}
+        decision = decide(arms, seeds, epochs, settings, seen)
+        if not decision.jobs:
+            return decision, seen
+        for job in decision.jobs:
+            key = (job.arm, job.seed)
+            cell = cells.get(key, CellView())
+            if not cell.done and len(cell.points) < job.until_epoch:
+                raise ValueError(f"cell {job.arm} seed {job.seed} has {len(cell.points)} epochs and is not "
+                                 f"finished; the race needs {job.until_epoch}")
+            revealed[key] = job.until_epoch

@@ -21,10 +21,11 @@ from pathlib import Path
 
 from engine.cell_files import CONFIG_FILE, GRID_FILE, cell_dir, parse_cell_id
 from engine.claims import try_claim
-from engine.config import CellConfig, load_cell_config, read_yaml
+from engine import checkpoint
+from engine.config import CellConfig, apply_overrides, from_dict, load_cell_config, read_yaml, to_yaml
 from engine.grid import DatasetCache, Worker, _place, _sigterm_as_interrupt, cell_state, run_cell
 from engine.grid_config import GridConfig, cell_keys, expand_cells, grid_from_dict
-from engine.recommend.policy import Arm, CellView, Decision, RaceSettings, decide
+from engine.recommend.policy import Arm, CellView, Decision, RaceSettings, decide, replay
 from engine.recommend.views import arm_of, cell_view
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,28 @@ class CaseOutcome:
     full: dict[tuple[str, int], CellView]
 
 
+def load_race_config(path: str | Path, overrides: list[str] = ()) -> tuple[GridConfig, RaceSettings]:
+    """A grid YAML with an optional `recommend:` section (RaceSettings), plus dotted overrides of
+    either (`recommend.eta=3`, `cell.trainer.epochs=5`).
+
+    Raises:
+        FileNotFoundError, ValueError: as `load_grid_config`, naming the key and the file.
+    """
+    source = str(path) + (" + overrides" if overrides else "")
+    data = apply_overrides(read_yaml(path), list(overrides))
+    settings = from_dict(RaceSettings, data.pop("recommend", None) or {}, source, "recommend")
+    return grid_from_dict(data, source), settings
+
+
+def race_settings(overrides: list[str], source: str = "overrides") -> RaceSettings:
+    """RaceSettings from `recommend.*` overrides alone (a replay has no grid YAML to hold them)."""
+    data = apply_overrides({}, list(overrides))
+    unknown = sorted(set(data) - {"recommend"})
+    if unknown:
+        raise ValueError(f"{source}: only recommend.* keys apply to a replay, got {', '.join(unknown)}")
+    return from_dict(RaceSettings, data.get("recommend", {}), source, "recommend")
+
+
 def load_run_cells(run_dir: Path) -> tuple[GridConfig, list[CellConfig]]:
     """A grid's run dir as the grid and its cells' own configs (read where they lie now, so a
     copied or moved run dir works without the datasets).
@@ -101,14 +124,24 @@ def load_run_cells(run_dir: Path) -> tuple[GridConfig, list[CellConfig]]:
 
 
 def observe(case: Case, grid: GridConfig) -> dict[tuple[str, int], CellView]:
-    """The policy's view of every cell of the case, from the cell folders as they are now."""
-    return {key: cell_view(cell_dir(cfg), cfg.trainer.monitor, failed=cell_state(cfg, grid) == "failed")
-            for key, cfg in case.cells.items()}
+    """The policy's view of every started cell of the case, from the cell folders as they are now."""
+    views = {key: cell_view(cell_dir(cfg), cfg.trainer.monitor, failed=cell_state(cfg, grid) == "failed")
+             for key, cfg in case.cells.items()}
+    return {key: view for key, view in views.items() if view.points or view.done}
 
 
-def decide_case(case: Case, grid: GridConfig, settings: RaceSettings) -> CaseOutcome:
-    seen = observe(case, grid)
-    return CaseOutcome(case, decide(case.arms, case.seeds, case.epochs, settings, seen), seen, seen)
+def outcome_of(case: Case, grid: GridConfig, settings: RaceSettings) -> CaseOutcome:
+    """The race's outcome from the cells as they are: the decisions and the epochs they used.
+
+    Raises:
+        ValueError: (from `policy.replay`) a cell the race still needs that is not far enough.
+    """
+    full = observe(case, grid)
+    try:
+        decision, seen = replay(case.arms, case.seeds, case.epochs, settings, full)
+    except ValueError as e:
+        raise ValueError(f"{case.name}: {e}") from None
+    return CaseOutcome(case, decision, seen, full)
 
 
 def run_race(grid: GridConfig, settings: RaceSettings, source: str = "grid",
@@ -124,14 +157,15 @@ def run_race(grid: GridConfig, settings: RaceSettings, source: str = "grid",
         raise ValueError(f"{source}: 'grid.parallel: data' is not supported by recommend; race with parallel: cells")
     worker = worker or Worker.from_env()
     cells = _place(expand_cells(grid, source), worker)
+    checkpoint.write_text_atomic(to_yaml(grid), Path(grid.out_dir) / GRID_FILE)  # what a replay reads
     cases = race_cases(grid, source, cells)
     cache = DatasetCache()
     with _sigterm_as_interrupt():
         while True:
-            outcomes = [decide_case(case, grid, settings) for case in cases]
-            jobs = [(o.case, job) for o in outcomes for job in o.decision.jobs]
+            jobs = [(case, job) for case in cases
+                    for job in decide(case.arms, case.seeds, case.epochs, settings, observe(case, grid)).jobs]
             if not jobs:
-                return outcomes
+                return [outcome_of(case, grid, settings) for case in cases]
             if not _run_one_job(jobs, grid, cache, worker):
                 time.sleep(min(grid.grid.heartbeat_s, _MAX_POLL_S))
 

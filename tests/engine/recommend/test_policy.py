@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from engine.recommend.policy import Arm, CellView, EpochPoint, Job, RaceSettings, decide, rung_epochs
+from engine.recommend.policy import Arm, CellView, EpochPoint, Job, RaceSettings, decide, replay, rung_epochs
 
 HEAD, FULL = 10, 1000  # trainable parameter counts of a head-only and a full epoch
 
@@ -82,6 +82,30 @@ def test_late_switching_lp_ft_survives_its_linear_probe_and_wins():
 
     blind, _ = run(arms, curves, [1], 8, RaceSettings(eta=2, phase_epochs=2, finalists=1, phase_aware=False))
     assert blind.stops["lp_ft"].rung == 2 and blind.recommendation == "ft"
+
+
+def test_replay_of_recorded_cells_decides_as_the_step_by_step_race():
+    arms = [Arm("ft"), Arm("lp"), Arm("sp"), Arm("lp_ft", head_first=True)]
+    values = {"ft": [0.6, 0.7, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8], "lp": [0.5, 0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6],
+              "sp": [0.6, 0.6, 0.7, 0.8, 0.8, 0.9, 0.9, 0.9], "lp_ft": [0.3, 0.4, 0.4, 0.5, 0.8, 0.8, 0.9, 0.9]}
+    curves = {(a, s): ([v - 0.01 * s for v in vals], 4 if a == "lp_ft" else None)
+              for a, vals in values.items() for s in (1, 2)}
+    curves[("lp", 1)] = ([0.5, 0.55, 0.55], None)  # stopped early by its patience
+    settings = RaceSettings(eta=2, phase_epochs=2, seed_margin=0.5)
+    stepwise, trained = run(arms, curves, [1, 2], 8, settings)
+    recorded = {k: view(v, s, done=True) for k, (v, s) in curves.items()}
+    decision, seen = replay(arms, [1, 2], 8, settings, recorded)
+    assert (decision.recommendation, decision.stops, decision.carried) == (
+        stepwise.recommendation, stepwise.stops, stepwise.carried)
+    assert {k: len(v.points) for k, v in seen.items()} == {k: min(n, len(curves[k][0])) for k, n in trained.items()}
+    # and deciding on the whole record at once gives the same answer: nothing after a rung leaks into it
+    whole = decide(arms, [1, 2], 8, settings, recorded)
+    assert (whole.recommendation, whole.stops, whole.jobs) == (stepwise.recommendation, stepwise.stops, [])
+
+
+def test_replay_names_a_cell_the_race_needs_further():
+    with pytest.raises(ValueError, match="cell a seed 1 has 1 epochs"):
+        replay([Arm("a"), Arm("b")], [1], 4, RaceSettings(), {("a", 1): view([0.5]), ("b", 1): view([0.5])})
 
 
 def test_head_first_arm_is_judged_once_it_trained_the_backbone_for_phase_epochs():

@@ -1,22 +1,26 @@
 """The live race on tiny grids: its cells are the grid's, its decisions the replay's, and a killed
 race restarts without losing or repeating an epoch."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from engine import cli
 from engine import grid as grid_module
-from engine.cell_files import BEST_CKPT, METRICS_FILE, RECOMMEND_DIR, RECOMMEND_JSON, RESULT_FILE
+from engine.cell_files import ATTEMPTS_FILE, BEST_CKPT, METRICS_FILE, RECOMMEND_DIR, RECOMMEND_JSON, RESULT_FILE
 from engine.data.synthetic import make_demo_dataset
 from engine.grid import run_grid
 from engine.grid_config import grid_from_dict
 from engine.recommend.__main__ import main as recommend_main
-from engine.recommend.policy import RaceSettings
+from engine.recommend.policy import CellView, RaceSettings
 from engine.recommend.race import run_race
 from engine.recommend.replay import replay_run
-from tests.engine.test_grid import events, tiny_grid
+from tests.engine.test_grid import REPO, events, tiny_grid
 
 # lp_ft probes for 2 of 4 epochs, so the phase rule carries it past rung 2; a wide margin sends
 # both finalists to the second seed, so every stage of the race runs.
@@ -152,3 +156,30 @@ def test_cli_writes_the_report_and_replays(runs, tmp_path, capsys):
                            "recommend.seed_margin=1.0"]) == 0
     assert f"recommend {outcomes[0].decision.recommendation}" in capsys.readouterr().out
     assert recommend_main(["--replay", str(root / "grid"), "cell.trainer.epochs=3"]) == 2
+    assert cli.main(["recommend", "--replay", str(root / "grid"), "recommend.eta=1"]) == 2  # named in stderr
+    assert "recommend.eta must be at least 2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_race_and_decide_as_one(runs, tmp_path):
+    data, root, outcomes = runs
+    config = tmp_path / "grid.yaml"
+    out = tmp_path / "shared"
+    config.write_text(json.dumps({**tiny_grid(data, out, strategies=["ft", "lp", "lp_ft"],
+                                              cell={"trainer": {"epochs": 4, "patience": 10}}),
+                                  "recommend": {"eta": 2, "phase_epochs": 1, "seed_margin": 1.0}}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "engine.recommend", str(config)], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    outcome = outcomes[0]
+    for (arm, seed), cfg in outcome.case.cells.items():
+        folder = out / cfg.cell_id
+        trained = len(outcome.seen.get((arm, seed), CellView()).points)
+        assert (len(epoch_rows(folder)) if folder.is_dir() else 0) == trained
+        if folder.is_dir():  # rung jobs of one cell ran one after another, each from where the last paused
+            paused = [json.loads(line).get("epochs") for line in (folder / ATTEMPTS_FILE).read_text().splitlines()
+                      if json.loads(line)["event"] == "paused"]
+            assert paused == sorted(set(paused))
+    summary = json.loads((out / RECOMMEND_DIR / outcome.case.name / RECOMMEND_JSON).read_text())
+    assert summary["recommendation"] == outcome.decision.recommendation

@@ -23,6 +23,8 @@ CLAIMS_DIR = "claims"  # numbered claim files of the workers that took the cell
 # Files of a grid's out_dir.
 GRID_FILE = "grid.yaml"  # the grid config a run dir was made with
 REPORT_DIR = "report"  # what `medft report` writes
+RECOMMEND_DIR = "recommend"  # what `medft recommend` writes: one folder per dataset x backbone, with
+RECOMMEND_MD, RECOMMEND_JSON, RECOMMEND_FIGURE = "recommend.md", "recommend.json", "curves.png"
 
 CELL_ID_SEP = "__"  # separates the four parts of a cell id, so no part may contain it
 

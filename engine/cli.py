@@ -1,5 +1,5 @@
-"""The `medft` command: train one cell, run a grid, report and sync it, check a dataset, list
-strategies, run the demo."""
+"""The `medft` command: train one cell, run a grid, race its strategies, report and sync it, check a
+dataset, list strategies, run the demo."""
 from __future__ import annotations
 
 import argparse
@@ -48,6 +48,12 @@ def _grid(args) -> int:
     from engine.grid.__main__ import grid_command
 
     return grid_command(args)
+
+
+def _recommend(args) -> int:
+    from engine.recommend.__main__ import recommend_command
+
+    return recommend_command(args)
 
 
 def _report(args) -> int:
@@ -104,6 +110,13 @@ def _add_grid_commands(sub) -> None:
     grid = sub.add_parser("grid", help="run a grid of cells (with any number of processes or hosts at once)")
     add_grid_arguments(grid)
     grid.set_defaults(run=_grid)
+
+    from engine.recommend.__main__ import add_recommend_arguments
+
+    recommend = sub.add_parser("recommend", help="race a grid's strategies per dataset x backbone on a budget; "
+                                                 "recommend one (--replay RUN_DIR: on a finished grid)")
+    add_recommend_arguments(recommend)
+    recommend.set_defaults(run=_recommend)
 
     report = sub.add_parser("report", help="tables, tests against FT and figures of a grid's results")
     report.add_argument("run_dir", help="the grid's out_dir")

@@ -63,7 +63,8 @@ class EarlyStopping:
         return self.epochs_since_best >= self.patience
 
 
-def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None) -> dict:
+def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None, until_epoch: int | None = None
+               ) -> dict | None:
     """Trains one cell to completion (or resumes it) and returns its result.
 
     Writes into trainer.out_dir/<cell id>: config.yaml, metrics.jsonl (one line per epoch),
@@ -76,6 +77,9 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None) -> d
     Args:
         tracker: receives every epoch's metrics and the final summary (default: none).
         index: an already loaded DatasetIndex (grid workers reuse it across cells).
+        until_epoch: pause once the cell has this many epochs (a rung of `medft recommend`):
+            returns None with last.pt as the resume state, unless the cell finished first. The
+            config is untouched, so the schedule and the result are those of an uninterrupted run.
     """
     out = cell_dir(cfg)
     if (out / RESULT_FILE).is_file():
@@ -98,6 +102,8 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None) -> d
         if stopper.exhausted and plan is not None and new_plan.phase == plan.phase and new_plan.early_stopping:
             patience_ended_run = True
             break
+        if until_epoch is not None and epoch >= until_epoch:
+            return None
         if plan is not None and new_plan.phase != plan.phase:
             stopper.new_phase()
         set_trainable(ctx, new_plan)  # and the module modes; recompiles when the set changed
@@ -146,7 +152,7 @@ def _save_epoch(ctx: RunContext, plan: EpochPlan, epoch: int, stopper: EarlyStop
     checkpoint.save_torch_atomic({
         "epoch": epoch + 1, "model": ctx.model.state_dict(), "optimizer": ctx.optimizer.state_dict(),
         "scaler": ctx.scaler.state_dict(), "strategy": ctx.strategy.state_dict(), "plan": asdict(plan),
-        "stopper": asdict(stopper), "rng": checkpoint.rng_state()}, out / LAST_CKPT)
+        "stopper": asdict(stopper), "counters": dict(ctx.counters), "rng": checkpoint.rng_state()}, out / LAST_CKPT)
 
 
 def _resume(ctx: RunContext, stopper: EarlyStopping, out: Path) -> tuple[int, EpochPlan | None]:
@@ -169,6 +175,8 @@ def _resume(ctx: RunContext, stopper: EarlyStopping, out: Path) -> tuple[int, Ep
     ctx.scaler.load_state_dict(state["scaler"])
     for key, value in state["stopper"].items():
         setattr(stopper, key, value)
+    # The result's totals (images trained, train seconds) are of the whole run, not of this attempt.
+    ctx.counters.update(state.get("counters", {}))
     checkpoint.set_rng_state(state["rng"])
     if ctx.is_main:
         _truncate_metrics(out / METRICS_FILE, epoch)

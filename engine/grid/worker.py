@@ -142,12 +142,16 @@ class GridTally:
                  len(states), counts["running"], counts["failed"], counts["pending"], eta if left else "finished")
 
 
-def run_cell(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCache, worker: Worker) -> float:
-    """Runs one claimed cell (or finds it finished) and releases the claim; returns the wall seconds."""
+def run_cell(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCache, worker: Worker,
+             until_epoch: int | None = None) -> float:
+    """Runs one claimed cell (or finds it finished) and releases the claim; returns the wall seconds.
+
+    With `until_epoch` (a rung job of `medft recommend`) the cell pauses once it has that many epochs.
+    """
     start, outcome = time.perf_counter(), "interrupted"
     claim.start_heartbeat(grid.grid.heartbeat_s)
     try:
-        outcome = _attempt(cfg, claim, grid, cache, worker)
+        outcome = _attempt(cfg, claim, grid, cache, worker, until_epoch)
     except ClaimLost:
         outcome = "lost"
         log.warning("cell %s: taken over by another worker; stopped here", cfg.cell_id)
@@ -156,7 +160,8 @@ def run_cell(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCach
     return time.perf_counter() - start
 
 
-def _attempt(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCache, worker: Worker) -> str:
+def _attempt(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCache, worker: Worker,
+             until_epoch: int | None = None) -> str:
     out = cell_dir(cfg)
     if (out / RESULT_FILE).is_file():
         return "done"  # finished by another worker between our look and our claim
@@ -170,7 +175,7 @@ def _attempt(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCach
              worker.rank)
     tracker, start = create_tracker(cfg, grid.name), time.perf_counter()
     try:
-        result = train_cell(cfg, _GuardedTracker(tracker, claim), index=cache.get(cfg))
+        result = train_cell(cfg, _GuardedTracker(tracker, claim), index=cache.get(cfg), until_epoch=until_epoch)
     except (KeyboardInterrupt, ClaimLost) as e:
         append_event(out, "lost" if isinstance(e, ClaimLost) else "interrupted", worker.rank)
         raise
@@ -183,6 +188,10 @@ def _attempt(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCach
     finally:
         tracker.finish()
     wall_s = time.perf_counter() - start
+    if result is None:
+        append_event(out, "paused", worker.rank, wall_s=wall_s, epochs=until_epoch)
+        log.info("cell %s: paused at epoch %d after %.0f s", cfg.cell_id, until_epoch, wall_s)
+        return "paused"
     append_event(out, "done", worker.rank, wall_s=wall_s)
     log.info("cell %s: done in %.0f s, test accuracy %.4f", cfg.cell_id, wall_s, result["test"]["accuracy"])
     return "done"

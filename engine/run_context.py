@@ -248,7 +248,7 @@ def build_context(cfg: CellConfig, index) -> RunContext:
         torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark and not cfg.trainer.deterministic
     amp = cfg.trainer.amp if cfg.trainer.amp != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     channels_last = cfg.trainer.channels_last if cfg.trainer.channels_last is not None else device.type == "cuda"
-    model = create_backbone(cfg.model.backbone, len(index.classes), cfg.model.weights)
+    model = create_backbone(cfg.model.backbone, len(index.classes), cfg.model.weights, cfg.model.weights_prefix)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     blocks = model_blocks(model, cfg.model.backbone, cfg.model.head_scope)
     layout = model_layout(model, blocks, backbone_spec(cfg.model.backbone).head_layer)

@@ -23,10 +23,11 @@ from engine.distributed import DataParallel, init_data_parallel
 from engine.data.sharding import shard_batches
 from engine.feature_cache import (FeatureCache, build_feature_rows, cache_applies, shared_rows,
                                   weights_fingerprint)
-from engine.models import (backbone_spec, block_modules, create_backbone, features_and_head, model_blocks,
+from engine.models import (HEAD, backbone_spec, block_modules, create_backbone, features_and_head, model_blocks,
                            model_layout)
 from engine.optim import build_optimizer, epoch_lr, param_groups, set_group_lrs, trainable_param_names
 from strategies import create_strategy
+from strategies.model_adapter import ModelAdapter, NoAdapter, model_adapter
 from strategies.protocol import EpochPlan, ModelLayout, Strategy
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class RunContext:
     scaler: torch.amp.GradScaler
     parallel: DataParallel | None = None  # trainer.data_parallel: every rank trains this cell
     engine: object = None  # the DeepSpeed engine over the model, in data-parallel mode
+    adapter: ModelAdapter = field(default_factory=NoAdapter)  # modules the strategy adds (LoRA)
     forward: nn.Module = None
     optimizer: torch.optim.Optimizer = None
     plan: EpochPlan | None = None
@@ -249,6 +251,8 @@ def build_context(cfg: CellConfig, index) -> RunContext:
     amp = cfg.trainer.amp if cfg.trainer.amp != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     channels_last = cfg.trainer.channels_last if cfg.trainer.channels_last is not None else device.type == "cuda"
     model = create_backbone(cfg.model.backbone, len(index.classes), cfg.model.weights, cfg.model.weights_prefix)
+    adapter = model_adapter(cfg.strategy)
+    adapter.adapt_(model, block_modules(model, cfg.model.backbone, cfg.model.head_scope)[HEAD])
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     blocks = model_blocks(model, cfg.model.backbone, cfg.model.head_scope)
     layout = model_layout(model, blocks, backbone_spec(cfg.model.backbone).head_layer)
@@ -259,4 +263,4 @@ def build_context(cfg: CellConfig, index) -> RunContext:
                       block_modules=block_modules(model, cfg.model.backbone, cfg.model.head_scope),
                       strategy=strategy, amp_dtype=_AMP_DTYPES[amp], channels_last=channels_last,
                       scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16" and parallel is None),
-                      parallel=parallel)
+                      parallel=parallel, adapter=adapter)

@@ -62,6 +62,7 @@ from strategies import lp_ft  # noqa: E402,F401
 from strategies import sp_regularized  # noqa: E402,F401
 from strategies import auto_rgn  # noqa: E402,F401
 from strategies import layerwise  # noqa: E402,F401
+from strategies import bitfit, lora  # noqa: E402,F401
 
 __all__ = ["EpochPlan", "ModelLayout", "Progress", "Strategy", "TensorNorms", "create_strategy",
            "list_strategies", "register_strategy", "strategy_config_class"]

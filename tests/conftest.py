@@ -12,6 +12,7 @@ from engine.config import load_cell_config  # noqa: E402
 from engine.data.synthetic import make_demo_dataset  # noqa: E402
 
 TINY_BACKBONES = ("tiny_resnet", "tiny_densenet", "tiny_vgg")
+MODERN_TINY_BACKBONES = ("tiny_efficientnet", "tiny_convnext", "tiny_vit", "tiny_swin")  # beyond the study
 
 
 @pytest.fixture(scope="session")

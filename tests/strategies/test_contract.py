@@ -6,10 +6,10 @@ import pytest
 from engine.cell_files import cell_dir
 from engine.trainer import train_cell
 from strategies import list_strategies
-from tests.conftest import MODERN_TINY_BACKBONES, TINY_BACKBONES
+from tests.conftest import CONTRACT_BACKBONES
 
 
-@pytest.mark.parametrize("backbone", TINY_BACKBONES + MODERN_TINY_BACKBONES)
+@pytest.mark.parametrize("backbone", CONTRACT_BACKBONES)
 @pytest.mark.parametrize("strategy", [name for name, _ in list_strategies()])
 def test_contract_strategy_trains_and_logs_what_it_did(cpu_cell_config, strategy, backbone):
     cfg = cpu_cell_config("trainer.max_steps_per_epoch=2", "trainer.epochs=2", "strategy.name=" + strategy,

@@ -81,7 +81,8 @@ class VitClassToken(nn.Module):
         super().__init__()
         self.vit_input = vit._process_input  # patchify: (N, 3, H, W) -> (N, S, D), checks the size
         self.conv_proj, self.class_token = vit.conv_proj, vit.class_token
-        self.pos_embedding, self.dropout, self.layers = vit.encoder.pos_embedding, vit.encoder.dropout, vit.encoder.layers
+        encoder = vit.encoder
+        self.pos_embedding, self.dropout, self.layers = encoder.pos_embedding, encoder.dropout, encoder.layers
         self.final_norm = final_norm or nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

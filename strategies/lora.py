@@ -7,8 +7,9 @@ adapters and the whole head block train. Left without an adapter, and frozen: co
 groups > 1 (the depthwise ones of ConvNeXt and EfficientNet: peft cannot merge them) and the
 projections inside attention modules that read their layers' weights instead of calling them
 (`nn.MultiheadAttention`'s out_proj, Swin's qkv and proj: an adapter there would do nothing): on
-a ViT or a Swin the adapters sit on the patch projection (Swin: and patch merging) and the MLPs. BatchNorm statistics follow the target data, as in FT and BitFit: every
-block holds a trainable adapter, so the loop keeps the backbone in training mode.
+a ViT or a Swin the adapters sit on the patch projection (Swin: and patch merging) and the MLPs.
+BatchNorm statistics follow the target data, as in FT and BitFit: every block holds a trainable
+adapter, so the loop keeps the backbone in training mode.
 
 The adapters are merged into the weights for evaluation, and `best.pt` holds the merged weights
 under the plain backbone's keys (`LoraAdapter`, strategies/model_adapter.py), so it loads into

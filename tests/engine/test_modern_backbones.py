@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.models import HEAD, backbone_spec, block_modules, create_backbone, features_and_head, model_blocks
+from engine.models import (HEAD, backbone_spec, block_modules, create_backbone, features_and_head, model_blocks,
+                           model_layout)
 
 FULL = {  # backbone -> its blocks, input to output
     "resnet18": ["stem", "layer1", "layer2", "layer3", "layer4", HEAD],
@@ -86,7 +87,6 @@ def test_vit_class_token_and_position_embedding_are_stem_parameters():
 
 @pytest.mark.parametrize("name", ["tiny_convnext", "tiny_vit", "tiny_swin"])
 def test_layernorm_networks_have_their_norms_found_by_type(name):
-    from engine.models import model_layout
     model = create_backbone(name, 3, "none")
     layout = model_layout(model, model_blocks(model, name), backbone_spec(name).head_layer)
     expected = {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, nn.LayerNorm)

@@ -13,8 +13,9 @@ setup(
         "dali": ["nvidia-dali-cuda130"],
         "deepspeed": ["deepspeed"],
         "wandb": ["wandb"],
-        # The tests exercise the real DALI (CPU mode), DeepSpeed (gloo) and W&B (offline).
-        "dev": ["pytest", "pytest-timeout", "nvidia-dali-cuda130", "deepspeed", "wandb"],
+        "peft": ["peft"],  # strategy lora
+        # The tests exercise the real DALI (CPU mode), DeepSpeed (gloo), W&B (offline) and peft.
+        "dev": ["pytest", "pytest-timeout", "nvidia-dali-cuda130", "deepspeed", "wandb", "peft"],
     },
     entry_points={"console_scripts": ["medft = engine.cli:main"]},
 )

@@ -27,8 +27,10 @@ from strategies.protocol import Progress
 TARGET_RATIO = 0.97
 
 
-def medft_context(args):
-    overrides = [f"model.backbone={args.backbone}", "model.weights=none", f"trainer.amp={args.amp}",
+def medft_context(args, strategy: str = "ft"):
+    """The cell context of `strategy` on `args.backbone`, with its epoch-0 plan applied."""
+    overrides = [f"model.backbone={args.backbone}", "model.weights=none", f"strategy.name={strategy}",
+                 f"trainer.amp={args.amp}",
                  f"trainer.device={args.device}", f"trainer.compile={str(args.compile).lower()}"]
     if args.channels_last is not None:
         overrides.append(f"trainer.channels_last={str(args.channels_last).lower()}")

@@ -43,9 +43,16 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet50"
     weights: str = "imagenet"  # imagenet | none | path to a state_dict file
+    # The prefix the file's keys carry (e.g. "module."; "" = none); null = find it among module.,
+    # model., backbone., encoder. (engine/weights.py). Only for a weights file.
+    weights_prefix: str | None = None
     # block: the spec's head block (VGG's three classifier linears, DenseNet's norm5+classifier);
     # last_layer: only the replaced layer, the rest of that block becomes block "pre_head".
     head_scope: Literal["block", "last_layer"] = "block"
+
+    def __post_init__(self):
+        if self.weights_prefix is not None and self.weights in ("imagenet", "none"):
+            raise ValueError(f"model.weights_prefix applies to a weights file, not to model.weights={self.weights}")
 
 
 @dataclass

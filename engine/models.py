@@ -2,14 +2,12 @@
 
 Blocks follow ../shared/spec/strategies.md ("Blocks"), derived from the module tree so that a new
 backbone takes a registry entry and a few lines. `tiny_*` entries are the same architectures,
-narrow, for tests and CPU demos.
+narrow, for tests and CPU demos. This module registers the study's families (ResNet, DenseNet,
+VGG); engine/modern_backbones.py the newer ones; engine/weights.py reads and loads weights files.
 """
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,49 +15,13 @@ import torchvision
 from torch import nn
 from torchvision.models import densenet, resnet, vgg
 
+from engine import modern_backbones  # noqa: F401  (registers the families beyond the study)
+from engine.backbone_registry import HEAD, PRE_HEAD, BackboneSpec, backbone_names, backbone_spec, register_backbone
+from engine.weights import load_weights_, read_state_file
 from strategies.protocol import ModelLayout
 
-log = logging.getLogger(__name__)
-
-HEAD = "head"
-PRE_HEAD = "pre_head"
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """How to build one backbone and cut it.
-
-    Attributes:
-        build: constructor taking `num_classes` of the ImageNet head (weights loaded separately).
-        head_layer: the dotted name of the classifier layer that is replaced for the target classes.
-        block_modules: model -> [(block name, [module names])], input to output, head block last.
-        split: (model, head_scope) -> (features, head) modules, with head(features(x)) == model(x).
-        weights: the torchvision Weights enum member for `weights: imagenet`, or None.
-    """
-
-    build: Callable[[int], nn.Module]
-    head_layer: str
-    block_modules: Callable[[nn.Module], list[tuple[str, list[str]]]]
-    split: Callable[[nn.Module, str], tuple[nn.Module, nn.Module]]
-    weights: object = None
-
-
-_BACKBONES: dict[str, BackboneSpec] = {}
-
-
-def register_backbone(name: str, spec: BackboneSpec) -> None:
-    _BACKBONES[name] = spec
-
-
-def backbone_spec(name: str) -> BackboneSpec:
-    if name not in _BACKBONES:
-        raise ValueError(f"model.backbone: unknown backbone '{name}' (known: {', '.join(sorted(_BACKBONES))})")
-    return _BACKBONES[name]
-
-
-def backbone_names() -> list[str]:
-    return sorted(_BACKBONES)
-
+__all__ = ["HEAD", "PRE_HEAD", "BackboneSpec", "backbone_names", "backbone_spec", "block_modules",
+           "create_backbone", "features_and_head", "model_blocks", "model_layout", "register_backbone"]
 
 # --- block maps, derived from the module tree --------------------------------------------------
 
@@ -147,6 +109,12 @@ register_backbone("vgg19", BackboneSpec(torchvision.models.vgg19, "classifier.6"
                                         vgg.VGG19_Weights.IMAGENET1K_V1))
 register_backbone("vgg19_bn", BackboneSpec(torchvision.models.vgg19_bn, "classifier.6", _vgg_blocks,
                                            _vgg_split, vgg.VGG19_BN_Weights.IMAGENET1K_V1))
+register_backbone("resnet18", BackboneSpec(torchvision.models.resnet18, "fc", _resnet_blocks, _resnet_split,
+                                           resnet.ResNet18_Weights.IMAGENET1K_V1))
+register_backbone("resnet101", BackboneSpec(torchvision.models.resnet101, "fc", _resnet_blocks, _resnet_split,
+                                            resnet.ResNet101_Weights.IMAGENET1K_V2))
+register_backbone("densenet169", BackboneSpec(torchvision.models.densenet169, "classifier", _densenet_blocks,
+                                              _densenet_split, densenet.DenseNet169_Weights.IMAGENET1K_V1))
 register_backbone("tiny_resnet", BackboneSpec(_tiny_resnet, "fc", _resnet_blocks, _resnet_split))
 register_backbone("tiny_densenet", BackboneSpec(_tiny_densenet, "classifier", _densenet_blocks, _densenet_split))
 register_backbone("tiny_vgg", BackboneSpec(_tiny_vgg, "classifier.6", _vgg_blocks, _vgg_split))
@@ -167,16 +135,7 @@ def _pretrained_state(name: str, spec: BackboneSpec, weights: str) -> dict | Non
                 f"could not fetch the ImageNet weights of '{name}' ({spec.weights.url}): {e}. Download that "
                 f"file elsewhere and pass it as model.weights=/path/to/file.pth (or into "
                 f"{torch.hub.get_dir()}/checkpoints), or use model.weights=none") from e
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"model.weights: no such file: {path} (expected imagenet, none or a path)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):  # common checkpoint wrappers
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"model.weights: {path} does not hold a state_dict")
-    return state
+    return read_state_file(Path(weights).expanduser())
 
 
 def _replace_head(model: nn.Module, head_layer: str, num_classes: int) -> None:
@@ -186,11 +145,13 @@ def _replace_head(model: nn.Module, head_layer: str, num_classes: int) -> None:
     setattr(parent, leaf, nn.Linear(old.in_features, num_classes))
 
 
-def create_backbone(name: str, num_classes: int, weights: str = "imagenet") -> nn.Module:
+def create_backbone(name: str, num_classes: int, weights: str = "imagenet",
+                    weights_prefix: str | None = None) -> nn.Module:
     """Builds backbone `name` with pretrained `weights` and a fresh head for `num_classes`.
 
     Args:
         weights: 'imagenet' (torchvision Weights), 'none', or a path to a state_dict file.
+        weights_prefix: the prefix a file's keys carry ('module.'); None finds it (engine/weights.py).
 
     Raises:
         ValueError: unknown backbone, a weights file whose keys match none of the model's.
@@ -204,30 +165,14 @@ def create_backbone(name: str, num_classes: int, weights: str = "imagenet") -> n
     if state is None:
         return spec.build(num_classes=num_classes)
     model = spec.build(num_classes=1000)
-    own = model.state_dict()
-    head_prefix = spec.head_layer + "."
-    # The pretrained head is replaced anyway; a file for another class count must not fail on it.
-    state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
-    mismatched = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
-    state = {k: v for k, v in state.items() if k not in mismatched}
-    if not any(k in own for k in state):
-        raise ValueError(f"model.weights: no key of '{weights}' matches backbone '{name}'")
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(head_prefix)]
-    if missing or result.unexpected_keys or mismatched:
-        log.warning("weights %s for %s: %d missing keys %s, %d unexpected %s, %d shape mismatches %s",
-                    weights, name, len(missing), missing[:5], len(result.unexpected_keys),
-                    result.unexpected_keys[:5], len(mismatched), mismatched[:5])
+    prefix = "" if weights == "imagenet" else weights_prefix
+    load_weights_(model, state, prefix, spec.head_layer + ".", f"'{weights}' for {name}")
     _replace_head(model, spec.head_layer, num_classes)
     return model
 
 
-def block_modules(model: nn.Module, name: str, head_scope: str = "block") -> OrderedDict[str, list[str]]:
-    """Block name -> module names, input to output (the loop sets frozen blocks to eval mode by these).
-
-    With head_scope 'last_layer' only the replaced layer is the head; the rest of the spec's head
-    block (VGG's first two classifier linears, DenseNet's norm5) becomes block 'pre_head'.
-    """
+def _block_entries(model: nn.Module, name: str, head_scope: str) -> OrderedDict[str, list[str]]:
+    """Block name -> module or parameter names, input to output, with the head cut to `head_scope`."""
     spec = backbone_spec(name)
     groups = OrderedDict(spec.block_modules(model))
     if head_scope == "last_layer":
@@ -243,11 +188,33 @@ def block_modules(model: nn.Module, name: str, head_scope: str = "block") -> Ord
     return groups
 
 
+def _is_module(model: nn.Module, entry: str) -> bool:
+    try:
+        model.get_submodule(entry)
+    except AttributeError:
+        return False
+    return True
+
+
+def block_modules(model: nn.Module, name: str, head_scope: str = "block") -> OrderedDict[str, list[str]]:
+    """Block name -> module names, input to output (the loop sets frozen blocks to eval mode by these).
+
+    With head_scope 'last_layer' only the replaced layer is the head; the rest of the spec's head
+    block (VGG's first two classifier linears, DenseNet's norm5) becomes block 'pre_head'.
+    """
+    return OrderedDict((block, [e for e in entries if _is_module(model, e)])
+                       for block, entries in _block_entries(model, name, head_scope).items())
+
+
 def model_blocks(model: nn.Module, name: str, head_scope: str = "block") -> OrderedDict[str, list[str]]:
     """Block name -> parameter names, input to output; every parameter in exactly one block."""
-    blocks = OrderedDict(
-        (block, [f"{m}.{p}" for m in modules for p, _ in model.get_submodule(m).named_parameters()])
-        for block, modules in block_modules(model, name, head_scope).items())
+    def params(entry: str) -> list[str]:
+        if not _is_module(model, entry):
+            model.get_parameter(entry)  # raises for a name that is neither
+            return [entry]
+        return [f"{entry}.{p}" for p, _ in model.get_submodule(entry).named_parameters()]
+    blocks = OrderedDict((block, [p for e in entries for p in params(e)])
+                         for block, entries in _block_entries(model, name, head_scope).items())
     placed = [p for ps in blocks.values() for p in ps]
     if sorted(placed) != sorted(n for n, _ in model.named_parameters()):
         raise AssertionError(f"blocks of {name} do not cover each parameter exactly once")

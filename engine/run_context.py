@@ -17,8 +17,9 @@ from torch import nn
 
 from engine.config import CellConfig
 from engine.distributed import RankGroup, init_rank_group
-from engine.models import backbone_spec, block_modules, create_backbone, model_blocks, model_layout
+from engine.models import HEAD, backbone_spec, block_modules, create_backbone, model_blocks, model_layout
 from strategies import create_strategy
+from strategies.model_adapter import ModelAdapter, NoAdapter, model_adapter
 from strategies.protocol import EpochPlan, ModelLayout, Strategy
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class RunContext:
     scaler: torch.amp.GradScaler
     ranks: RankGroup | None = None
     ds_engine: object = None
+    adapter: ModelAdapter = field(default_factory=NoAdapter)  # modules the strategy adds (LoRA)
     forward: nn.Module = None
     optimizer: torch.optim.Optimizer = None
     plan: EpochPlan | None = None
@@ -146,7 +148,9 @@ def build_context(cfg: CellConfig, index) -> RunContext:
         torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark and not cfg.trainer.deterministic
     amp = cfg.trainer.amp if cfg.trainer.amp != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     channels_last = cfg.trainer.channels_last if cfg.trainer.channels_last is not None else device.type == "cuda"
-    model = create_backbone(cfg.model.backbone, len(index.classes), cfg.model.weights)
+    model = create_backbone(cfg.model.backbone, len(index.classes), cfg.model.weights, cfg.model.weights_prefix)
+    adapter = model_adapter(cfg.strategy)
+    adapter.adapt_(model, block_modules(model, cfg.model.backbone, cfg.model.head_scope)[HEAD])
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     blocks = model_blocks(model, cfg.model.backbone, cfg.model.head_scope)
     layout = model_layout(model, blocks, backbone_spec(cfg.model.backbone).head_layer)
@@ -157,4 +161,4 @@ def build_context(cfg: CellConfig, index) -> RunContext:
                       block_modules=block_modules(model, cfg.model.backbone, cfg.model.head_scope),
                       strategy=strategy, amp_dtype=_AMP_DTYPES[amp], channels_last=channels_last,
                       scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16" and ranks is None),
-                      ranks=ranks)
+                      ranks=ranks, adapter=adapter)

@@ -126,7 +126,8 @@ def _run_epoch(ctx: RunContext, loaders, index, plan: EpochPlan, epoch: int, sto
     cache_s = time.perf_counter() - start  # building the LP feature caches, when this epoch does
     train_stats = run_train_epoch(ctx, inputs.train, epoch, inputs.train_forward)
     start = time.perf_counter()
-    val = evaluate(ctx, inputs.val, inputs.eval_forward)
+    with ctx.adapter.merged(ctx.model):
+        val = evaluate(ctx, inputs.val, inputs.eval_forward)
     train_stats.update({"perf/feature_cache_s": cache_s, "perf/val_s": time.perf_counter() - start})
     monitored = val[ctx.cfg.trainer.monitor]
     if not math.isfinite(train_stats["train/loss"]):
@@ -144,7 +145,7 @@ def _run_epoch(ctx: RunContext, loaders, index, plan: EpochPlan, epoch: int, sto
 def _save_epoch(ctx: RunContext, plan: EpochPlan, epoch: int, stopper: EarlyStopping, row: dict, out: Path,
                 is_best: bool) -> None:
     if is_best:
-        checkpoint.save_torch_atomic(ctx.model.state_dict(), out / BEST_CKPT)
+        checkpoint.save_torch_atomic(ctx.adapter.plain_state_dict(ctx.model), out / BEST_CKPT)
     # The metrics line goes first, the resume state last: a kill in between leaves a line for an
     # epoch the restart redoes (and drops the line of), never an epoch without its line.
     with (out / METRICS_FILE).open("a") as f:
@@ -202,8 +203,10 @@ def _epoch_of(line: str) -> int | None:
 def _finish(ctx: RunContext, loaders, stopper: EarlyStopping, out: Path, patience_ended_run: bool) -> dict:
     ctx.barrier()  # rank 0 has written best.pt
     if (out / BEST_CKPT).is_file():
-        ctx.model.load_state_dict(torch.load(out / BEST_CKPT, map_location=ctx.device, weights_only=True))
-    test = evaluate(ctx, loaders.test)
+        ctx.adapter.load_plain_state_dict_(ctx.model, torch.load(out / BEST_CKPT, map_location=ctx.device,
+                                                                 weights_only=True))
+    with ctx.adapter.merged(ctx.model):
+        test = evaluate(ctx, loaders.test)
     result = {"cell_id": ctx.cfg.cell_id, "status": "done", "classes": ctx.classes,
               "best_epoch": stopper.best_epoch, f"best_val_{ctx.cfg.trainer.monitor}": stopper.best_metric,
               "stopped_early": patience_ended_run, "test": test, **ctx.totals()}

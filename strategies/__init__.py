@@ -12,6 +12,7 @@ from strategies import lp_ft  # noqa: F401
 from strategies import sp_regularized  # noqa: F401
 from strategies import auto_rgn  # noqa: F401
 from strategies import layerwise  # noqa: F401
+from strategies import bitfit, lora  # noqa: F401
 
 __all__ = ["EpochPlan", "ModelLayout", "Progress", "Strategy", "TensorNorms", "create_strategy",
            "list_strategies", "register_strategy", "strategy_config_class"]

@@ -12,6 +12,10 @@ from engine.config import load_cell_config  # noqa: E402
 from engine.data.synthetic import make_demo_dataset  # noqa: E402
 
 TINY_BACKBONES = ("tiny_resnet", "tiny_densenet", "tiny_vgg")
+MODERN_TINY_BACKBONES = ("tiny_efficientnet", "tiny_convnext", "tiny_vit", "tiny_swin")  # beyond the study
+# The contract test's backbones: EfficientNet's and Swin's cells (the slowest) run with `-m slow`.
+CONTRACT_BACKBONES = (*TINY_BACKBONES, "tiny_convnext", "tiny_vit",
+                      *(pytest.param(b, marks=pytest.mark.slow) for b in ("tiny_efficientnet", "tiny_swin")))
 
 
 @pytest.fixture(scope="session")

@@ -69,7 +69,7 @@ def test_configs_every_shipped_yaml_loads():
 
     root = Path(str(resources.files("configs")))
     found = sorted(root.rglob("*.yaml"))
-    assert [p.name for p in found] == ["demo.yaml", "paper.yaml"]  # grid presets; update when presets are added
+    assert [p.name for p in found] == ["demo.yaml", "modern.yaml", "paper.yaml"]  # grid presets; update when presets are added
     for path in found:
         data = yaml.safe_load(path.read_text())
         grid = load_grid_config(path)

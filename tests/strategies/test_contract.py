@@ -1,14 +1,14 @@
-"""Every registered strategy x the three tiny backbones trains a short cell on the CPU."""
+"""Every registered strategy x the tiny backbones trains a short cell on the CPU."""
 import pytest
 
 from engine import trainer
 from engine.trainer import train_cell
 from strategies import list_strategies
-from tests.conftest import TINY_BACKBONES
+from tests.conftest import CONTRACT_BACKBONES
 from tests.helpers import read_metrics
 
 
-@pytest.mark.parametrize("backbone", TINY_BACKBONES)
+@pytest.mark.parametrize("backbone", CONTRACT_BACKBONES)
 @pytest.mark.parametrize("strategy", [name for name, _ in list_strategies()])
 def test_contract_strategy_trains_and_logs_what_it_did(cpu_cell_config, monkeypatch, strategy, backbone):
     partitions = []  # per epoch: (epoch, grouped ids in order, requires_grad ids, ctx.trainable_params ids)

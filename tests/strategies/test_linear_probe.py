@@ -13,7 +13,7 @@ from tests.conftest import TINY_BACKBONES
 from tests.helpers import start_epoch
 
 
-@pytest.mark.parametrize("backbone", TINY_BACKBONES)
+@pytest.mark.parametrize("backbone", TINY_BACKBONES + ("tiny_convnext", "tiny_vit"))
 def test_lp_backbone_bit_identical_after_training(cpu_cell_config, backbone):
     cfg = cpu_cell_config("strategy.name=lp", "trainer.epochs=2", "optim.lr=0.01", backbone=backbone)
     ctx = build_context(cfg, load_index(cfg.data))
@@ -22,13 +22,13 @@ def test_lp_backbone_bit_identical_after_training(cpu_cell_config, backbone):
     train_cell(cfg)
     trained = torch.load(cell_dir(cfg) / "last.pt", weights_only=False)["model"]
     backbone_keys = [k for k in initial if not k.startswith(head_prefixes)]
-    assert any("running_mean" in k for k in backbone_keys) or backbone == "tiny_vgg"
+    assert any("running_mean" in k for k in backbone_keys) or backbone in ("tiny_vgg", "tiny_convnext", "tiny_vit")
     for key in backbone_keys:  # weights and BatchNorm buffers alike
         assert torch.equal(initial[key], trained[key]), key
     assert not torch.equal(initial[ctx.layout.blocks["head"][0]], trained[ctx.layout.blocks["head"][0]])
 
 
-@pytest.mark.parametrize("backbone", ["tiny_densenet", "tiny_vgg"])
+@pytest.mark.parametrize("backbone", ["tiny_densenet", "tiny_vgg", "tiny_convnext", "tiny_vit"])
 def test_lp_feature_cache_matches_uncached_lp(cpu_cell_config, tmp_path, backbone):
     overrides = ("strategy.name=lp", "trainer.epochs=3", "optim.lr=0.01")
     cached = train_cell(cpu_cell_config(*overrides, out=tmp_path / "cached", backbone=backbone))

@@ -5,7 +5,8 @@ what extra gradient term and in which phase (strategies/protocol.py), and owns a
 AMP, channels-last, compile, evaluation, early stopping, checkpoints, resume and logging.
 An epoch starts, in this order: plan -> trainable set and module modes (recompiling when the set
 changed) -> calibration pass if the plan asks -> strategy.update_scales -> optimizer and learning
-rates (cosine schedule, per epoch). The step order is documented once, in engine/steps.py.
+rates (the plan's schedule, engine/optim.py `epoch_lr`). The step order is documented once, in
+engine/steps.py.
 """
 from __future__ import annotations
 

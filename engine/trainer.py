@@ -124,6 +124,10 @@ def _run_epoch(ctx: RunContext, loaders, index, plan: EpochPlan, epoch: int, sto
     val = evaluate(ctx, inputs.val, inputs.eval_forward)
     train_stats.update({"perf/feature_cache_s": cache_s, "perf/val_s": time.perf_counter() - start})
     monitored = val[ctx.cfg.trainer.monitor]
+    if not math.isfinite(monitored):  # else no epoch is ever best: no best.pt, the last weights tested
+        raise ValueError(f"trainer.monitor={ctx.cfg.trainer.monitor} is {monitored} on the validation split at "
+                         f"epoch {epoch} (AUROC needs two classes there): monitor another metric or give the "
+                         "validation split more classes")
     if not math.isfinite(train_stats["train/loss"]):
         raise FloatingPointError(f"non-finite training loss at epoch {epoch}")
     is_best = stopper.update(monitored, epoch)

@@ -9,8 +9,8 @@ Reference semantics (`auto_rgn`): at every epoch start the loop runs `estimate_b
 of forward/backward without a step; their per-batch ratios are averaged, max-normalised, and a
 new Adam (weight decay 1e-4) is built with those rates, with no cosine on top: lr_i = scale_i lr
 as in Lee et al.'s definition and official code (`lr_schedule="cosine"` puts the run's cosine back).
-`auto_rgn_online` and `auto_snr` use the same constant rates: their scales are the schedule. BatchNorm tensors are excluded from
-training by module type. `auto_rgn_online` (ours) refreshes the scales every k steps from the live
+`auto_rgn_online` and `auto_snr` use the same constant rates: their scales are the schedule.
+BatchNorm tensors are excluded from training by module type. `auto_rgn_online` (ours) refreshes the scales every k steps from the live
 gradients, smoothed, with no extra forward/backward pass.
 
 At module granularity a module's ratio is sqrt(sum ||g_i||^2) / sqrt(sum ||w_i||^2) over its

@@ -59,7 +59,8 @@ class LpFt(NoExtras):
         self.switch_epoch = state["switch_epoch"]
 
 
-@register_strategy("lp_ft", LpFtConfig, "linear probing, then full fine-tuning from the probed head at lr x 0.1, each phase its own cosine")
+@register_strategy("lp_ft", LpFtConfig,
+                   "linear probing, then full fine-tuning from the probed head at lr x 0.1, each phase its own cosine")
 def create(cfg: LpFtConfig, layout: ModelLayout, initial_params, epochs: int) -> LpFt:
     lp_epochs = epochs // 2 if cfg.lp_epochs is None else cfg.lp_epochs
     if not 1 <= lp_epochs < epochs:

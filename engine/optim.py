@@ -1,4 +1,4 @@
-"""Param groups from a strategy's plan, the optimizer factory and the cosine schedule."""
+"""Param groups from a strategy's plan, the optimizer factory and the plan's learning-rate schedule."""
 from __future__ import annotations
 
 import logging
@@ -56,10 +56,17 @@ def cosine_factor(epoch: int, t_max: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(epoch, t_max) / max(1, t_max)))
 
 
-def epoch_lr(cfg: OptimConfig, epoch: int, total_epochs: int) -> float:
-    if cfg.schedule == "constant":
-        return cfg.lr
-    return cfg.lr * cosine_factor(epoch, cfg.t_max_epochs or total_epochs)
+def schedule_factor(cfg: OptimConfig, plan: EpochPlan, epoch: int, total_epochs: int) -> float:
+    """The factor the plan's schedule gives `epoch`: optim.schedule's cosine from plan.schedule_start
+    over plan.schedule_epochs (else optim.t_max_epochs, else the run's E); 1 when either is constant."""
+    if cfg.schedule == "constant" or not plan.anneal:
+        return 1.0
+    return cosine_factor(epoch - plan.schedule_start, plan.schedule_epochs or cfg.t_max_epochs or total_epochs)
+
+
+def epoch_lr(cfg: OptimConfig, plan: EpochPlan, epoch: int, total_epochs: int) -> float:
+    """The base rate of `epoch` under the plan's schedule, before lr_factor and the group scales."""
+    return cfg.lr * schedule_factor(cfg, plan, epoch, total_epochs)
 
 
 def set_group_lrs(optimizer: torch.optim.Optimizer, base_lr: float, lr_factor: float) -> None:

@@ -79,7 +79,7 @@ def refresh_optimizer(ctx: RunContext, plan: EpochPlan, epoch: int) -> None:
     else:
         for group in ctx.optimizer.param_groups:
             group["lr_scale"] = float(plan.lr_scales.get(group["name"], 1.0))
-    set_group_lrs(ctx.optimizer, epoch_lr(ctx.cfg.optim, epoch, ctx.cfg.trainer.epochs), plan.lr_factor)
+    set_group_lrs(ctx.optimizer, epoch_lr(ctx.cfg.optim, plan, epoch, ctx.cfg.trainer.epochs), plan.lr_factor)
     ctx.plan = plan
 
 

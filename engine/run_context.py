@@ -121,13 +121,15 @@ class RunContext:
         return images, labels.to(self.device, non_blocking=True)
 
     def strategy_log(self, plan: EpochPlan) -> dict:
-        """What the strategy did this epoch: phase, trainable count, effective lr per block."""
+        """What the strategy did this epoch: phase, trainable count, and per block the learning rate
+        its trainable tensors ran at (their mean; 0 when none trains). Frozen tensors of a partly
+        trained block (Auto-RGN's BatchNorm) stay out of the mean, so it is a rate that was used."""
         group_lr = {id(p): g["lr"] for g in self.optimizer.param_groups for p in g["params"]}
         params = dict(self.model.named_parameters())
         row = {"strategy/phase": plan.phase,
                "strategy/trainable_params": sum(p.numel() for p in self.trainable_params)}
         for block, names in self.layout.blocks.items():
-            lrs = [group_lr.get(id(params[n]), 0.0) for n in names]
+            lrs = [group_lr[id(params[n])] for n in names if id(params[n]) in group_lr]
             row[f"strategy/lr/{block}"] = float(np.mean(lrs)) if lrs else 0.0
         return row
 

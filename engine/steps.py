@@ -80,7 +80,7 @@ def _refresh_scales(ctx: RunContext, plan: EpochPlan, epoch: int) -> None:
     if scales is not None:
         for group in ctx.optimizer.param_groups:
             group["lr_scale"] = float(scales.get(group["name"], group["lr_scale"]))
-        set_group_lrs(ctx.optimizer, epoch_lr(ctx.cfg.optim, epoch, ctx.cfg.trainer.epochs), plan.lr_factor)
+        set_group_lrs(ctx.optimizer, epoch_lr(ctx.cfg.optim, plan, epoch, ctx.cfg.trainer.epochs), plan.lr_factor)
 
 
 def empty_step(ctx: RunContext) -> None:

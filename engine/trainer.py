@@ -5,7 +5,8 @@ what extra gradient term and in which phase (strategies/protocol.py), and owns a
 AMP, channels-last, compile, evaluation, early stopping, checkpoints, resume and logging.
 An epoch starts, in this order: plan -> trainable set and module modes (recompiling when the set
 changed) -> calibration pass if the plan asks -> strategy.update_scales -> optimizer and learning
-rates (cosine schedule, per epoch). The step order is documented once, in engine/steps.py.
+rates (the plan's schedule, engine/optim.py `epoch_lr`). The step order is documented once, in
+engine/steps.py.
 """
 from __future__ import annotations
 
@@ -130,6 +131,10 @@ def _run_epoch(ctx: RunContext, loaders, index, plan: EpochPlan, epoch: int, sto
         val = evaluate(ctx, inputs.val, inputs.eval_forward)
     train_stats.update({"perf/feature_cache_s": cache_s, "perf/val_s": time.perf_counter() - start})
     monitored = val[ctx.cfg.trainer.monitor]
+    if not math.isfinite(monitored):  # else no epoch is ever best: no best.pt, the last weights tested
+        raise ValueError(f"trainer.monitor={ctx.cfg.trainer.monitor} is {monitored} on the validation split at "
+                         f"epoch {epoch} (AUROC needs two classes there): monitor another metric or give the "
+                         "validation split more classes")
     if not math.isfinite(train_stats["train/loss"]):
         raise FloatingPointError(f"non-finite training loss at epoch {epoch}")
     is_best = stopper.update(monitored, epoch)

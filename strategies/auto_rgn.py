@@ -7,8 +7,10 @@ scale_i = signal_i / max_j signal_j, lr_i = scale_i lr. One implementation, two 
 
 Reference semantics (`auto_rgn`): at every epoch start the loop runs `estimate_batches` batches
 of forward/backward without a step; their per-batch ratios are averaged, max-normalised, and a
-new Adam (weight decay 1e-4) is built with those rates. BatchNorm tensors are excluded from
-training by module type. `auto_rgn_online` (ours) refreshes the scales every k steps from the live
+new Adam (weight decay 1e-4) is built with those rates, with no cosine on top: lr_i = scale_i lr
+as in Lee et al.'s definition and official code (`lr_schedule="cosine"` puts the run's cosine back).
+`auto_rgn_online` and `auto_snr` use the same constant rates: their scales are the schedule.
+BatchNorm tensors are excluded from training by module type. `auto_rgn_online` (ours) refreshes the scales every k steps from the live
 gradients, smoothed, with no extra forward/backward pass.
 
 At module granularity a module's ratio is sqrt(sum ||g_i||^2) / sqrt(sum ||w_i||^2) over its
@@ -34,6 +36,8 @@ from strategies.registry import register_strategy
 log = logging.getLogger(__name__)
 
 MIN_WEIGHT_NORM = 1e-8  # below this a layer's weights count as all zero
+# constant: lr_i = scale_i * lr (the reference); cosine: times the run's cosine (optim.schedule)
+LrSchedule = Literal["constant", "cosine"]
 
 
 @dataclass
@@ -43,6 +47,7 @@ class AutoRgnConfig:
     exclude_bn: bool = True  # by module type, not by the substring "bn"
     estimate_batches: int = 5
     weight_decay: float = 1e-4
+    lr_schedule: LrSchedule = "constant"
 
 
 @dataclass
@@ -53,6 +58,7 @@ class AutoRgnOnlineConfig:
     weight_decay: float = 1e-4
     refresh_every_steps: int = 20
     smoothing: float = 0.9  # weight of the previous ratios in the moving average
+    lr_schedule: LrSchedule = "constant"
 
 
 @dataclass
@@ -61,6 +67,7 @@ class AutoSnrConfig:
     exclude_bn: bool = True
     estimate_batches: int = 5  # at least 2: the noise is a variance over the batches
     weight_decay: float = 1e-4
+    lr_schedule: LrSchedule = "constant"
 
 
 Signal = Literal["rgn", "snr"]
@@ -120,7 +127,8 @@ class AutoRgn:
         return EpochPlan(phase=self.name, trainable=frozenset(self.trainable), lr_scales=dict(self.scales),
                          weight_decay=self.cfg.weight_decay, fresh_optimizer=not self.online,
                          calibration_batches=0 if self.online else self.cfg.estimate_batches,
-                         norms_every_k_steps=self.cfg.refresh_every_steps if self.online else 0)
+                         norms_every_k_steps=self.cfg.refresh_every_steps if self.online else 0,
+                         anneal=self.cfg.lr_schedule == "cosine")
 
     def extra_grad_(self, names, params, grads) -> None:
         pass

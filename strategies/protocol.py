@@ -1,7 +1,8 @@
 """What the training loop asks a strategy, and the data a strategy answers with.
 
 The loop (engine/trainer.py) asks four things: which parameters train now, at what learning
-rate, what extra gradient term applies, and whether the phase changed. A strategy answers with
+rate (the per-group scales and the schedule they follow), what extra gradient term applies, and
+whether the phase changed. A strategy answers with
 an `EpochPlan` and never calls the model, the optimizer or the tracker.
 """
 from __future__ import annotations
@@ -84,6 +85,11 @@ class EpochPlan:
             cached backbone features (it checks that augmentation is off).
         early_stopping: the loop's patience may end the run in this epoch's phase; off, the
             strategy decides when the phase ends (LP-FT's fixed first phase, unfreezing stages).
+        anneal: the optimizer config's schedule (optim.schedule) applies; off, every group runs at
+            lr * lr_factor * lr_scale, constant (Auto-RGN: scale_i * lr).
+        schedule_start, schedule_epochs: the epoch the schedule starts at (factor 1) and the epochs it
+            anneals over (None: optim.t_max_epochs, else the run's E). A strategy restarts it for a
+            phase (LP-FT's phase 2) by moving the start to the phase's first epoch.
     """
 
     phase: str
@@ -98,6 +104,9 @@ class EpochPlan:
     norms_every_k_steps: int = 0
     use_feature_cache: bool = False
     early_stopping: bool = True
+    anneal: bool = True
+    schedule_start: int = 0
+    schedule_epochs: int | None = None
 
 
 @dataclass(frozen=True)

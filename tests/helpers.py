@@ -38,3 +38,18 @@ def start_epoch(ctx, plan, epoch: int, calibration_loader=None):
         plan = with_scales(plan, ctx.strategy.update_scales(calibration_norms(ctx, calibration_loader, plan, epoch)))
     refresh_optimizer(ctx, plan, epoch)
     return plan
+
+
+def torch_cosine_lrs(lr: float, t_max: int, epochs: int) -> list[float]:
+    """The rate of each of `epochs` epochs under torch's CosineAnnealingLR(T_max=t_max) from `lr`: the
+    independent reference the schedule tests pin medft's against."""
+    import torch
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max)
+    rates = []
+    for _ in range(epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates

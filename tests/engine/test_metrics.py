@@ -34,12 +34,12 @@ def _reference(labels, probs):
             "kappa": (po - pe) / (1 - pe), "auroc": np.mean(aurocs), "confusion_matrix": cm.tolist()}
 
 
-@pytest.mark.parametrize("trial", range(5))
-def test_metrics_match_slow_reference_on_random_predictions(trial):
-    rng = np.random.default_rng()
-    k = int(rng.integers(2, 6))
+# Seeded, and the binary case and a class absent from the labels (but scored) by construction.
+@pytest.mark.parametrize("trial, k, absent", [(0, 2, False), (1, 3, False), (2, 5, False), (3, 3, True), (4, 4, True)])
+def test_metrics_match_slow_reference_on_random_predictions(trial, k, absent):
+    rng = np.random.default_rng(trial)
     n = int(rng.integers(20, 200))
-    labels = rng.integers(0, k, n)
+    labels = rng.integers(0, k - 1 if absent else k, n)
     probs = rng.dirichlet(np.ones(k), n)
     half = rng.random(n) < 0.5
     probs[half] = np.round(probs[half], 1)  # plant tied scores

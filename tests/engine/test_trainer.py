@@ -119,3 +119,13 @@ def test_non_finite_loss_fails_the_cell_with_its_epoch(cpu_cell_config, monkeypa
     monkeypatch.setattr(epochs.F, "cross_entropy", lambda logits, labels: logits.sum() * float("nan"))
     with pytest.raises(FloatingPointError, match="epoch 0"):
         train_cell(cpu_cell_config("trainer.max_steps_per_epoch=1"))
+
+
+def test_a_monitored_metric_that_is_nan_fails_the_cell_naming_it(cpu_cell_config):
+    # One class in the validation split: AUROC is undefined, so no epoch could ever be the best.
+    cfg = cpu_cell_config("trainer.monitor=auroc", "trainer.epochs=1", "trainer.max_steps_per_epoch=1")
+    index = load_index(cfg.data)
+    index.splits["val"] = [s for s in index.splits["val"] if s.label == 0]
+    with pytest.raises(ValueError, match="trainer.monitor=auroc is nan on the validation split"):
+        train_cell(cfg, index=index)
+    assert not (cell_dir(cfg) / "best.pt").exists()

@@ -1,9 +1,11 @@
+import logging
+
 import pytest
 
 from engine.cell_files import cell_dir
 from engine.trainer import train_cell
 from strategies import create_strategy, strategy_config_class
-from strategies.gradual_unfreeze import unfreeze_schedule
+from strategies.gradual_unfreeze import GradualConfig, unfreeze_schedule
 from strategies.protocol import Progress
 from tests.helpers import read_metrics, tiny_layout
 
@@ -76,3 +78,14 @@ def test_gradual_rejects_a_zero_period():
     _, layout = tiny_layout()
     with pytest.raises(ValueError, match="strategy.period_epochs"):
         create_strategy(strategy_config_class("g_lf")(name="g_lf", period_epochs=0), layout, {}, 10)
+
+
+def test_a_period_that_never_reaches_the_last_stage_is_said_at_creation(caplog):
+    _, layout = tiny_layout()
+    blocks = len(layout.backbone_blocks)
+    with caplog.at_level(logging.WARNING, logger="strategies.gradual_unfreeze"):
+        create_strategy(GradualConfig(name="g_lf", period_epochs=2), layout, {}, 2 * blocks + 1)
+    assert not caplog.records  # the last stage starts at epoch 2K, the last epoch
+    with caplog.at_level(logging.WARNING, logger="strategies.gradual_unfreeze"):
+        create_strategy(GradualConfig(name="g_lf", period_epochs=2), layout, {}, 2 * blocks)
+    assert "1 block(s) never unfreeze and early stopping never applies" in caplog.text

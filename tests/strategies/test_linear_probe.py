@@ -13,9 +13,12 @@ from tests.conftest import TINY_BACKBONES
 from tests.helpers import start_epoch
 
 
-@pytest.mark.parametrize("backbone", TINY_BACKBONES + ("tiny_convnext", "tiny_vit"))
-def test_lp_backbone_bit_identical_after_training(cpu_cell_config, backbone):
-    cfg = cpu_cell_config("strategy.name=lp", "trainer.epochs=2", "optim.lr=0.01", backbone=backbone)
+# The feature cache runs no backbone forward: with it off, the frozen blocks' eval mode is what
+# keeps the BatchNorm buffers.
+@pytest.mark.parametrize("backbone, feature_cache", [(b, "true") for b in TINY_BACKBONES + ("tiny_convnext", "tiny_vit")] + [("tiny_resnet", "false")])
+def test_lp_backbone_bit_identical_after_training(cpu_cell_config, backbone, feature_cache):
+    cfg = cpu_cell_config("strategy.name=lp", "trainer.epochs=2", "optim.lr=0.01",
+                          f"trainer.feature_cache={feature_cache}", backbone=backbone)
     ctx = build_context(cfg, load_index(cfg.data))
     initial = {k: v.clone() for k, v in ctx.model.state_dict().items()}
     head_prefixes = tuple(m + "." for m in block_modules(ctx.model, backbone)["head"])

@@ -83,55 +83,6 @@ def test_grid_two_worker_processes_run_each_cell_once(demo_data, tmp_path):
         assert events(cell) == ["start", "done"], cell.name  # trained exactly once
 
 
-def _epoch_rows(out: Path) -> int:
-    return sum(len(p.read_text().splitlines()) for p in out.glob("*/metrics.jsonl"))
-
-
-def _wait_until(process: subprocess.Popen, done, timeout_s: float = 120) -> bool:
-    """Waits until `done()` holds; False when `process` exited first (the grid was finished)."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline and process.poll() is None:
-        if done():
-            return True
-        time.sleep(0.02)
-    return False
-
-
-@pytest.mark.parametrize("seed, signals", [
-    (0, (signal.SIGTERM, signal.SIGKILL, signal.SIGKILL)),
-    pytest.param(1, (signal.SIGKILL,) * 6, marks=pytest.mark.slow),
-])
-def test_grid_runs_each_cell_once_after_kill(demo_data, tmp_path, seed, signals):
-    changes = {"strategies": ["ft", "lp_ft"], "grid": {"retries": 10},
-               "cell": {"trainer": {"epochs": 3, "deterministic": True}}}
-    expected_states = run_grid(grid_from_dict(tiny_grid(demo_data, tmp_path / "whole", **changes), "test"))
-    expected = results(tmp_path / "whole")
-    out = tmp_path / "killed"
-    config = write_grid(tmp_path / "g.yaml", tiny_grid(demo_data, out, **changes))
-    rng = random.Random(seed)
-    for sig in signals:
-        # As many threads as the reference run: CPU results depend on the thread count.
-        worker = spawn(config, tmp_path / "worker.log", threads=torch.get_num_threads())
-        # Kill points: after 0-3 more epochs have been written (mid-cell, between cells, just after
-        # a checkpoint), plus up to half a second more.
-        target = _epoch_rows(out) + rng.randint(0, 3)
-        if not _wait_until(worker, lambda: _epoch_rows(out) >= target and any(out.glob(f"*/{CLAIMS_DIR}/*.json"))):
-            break
-        time.sleep(rng.uniform(0.0, 0.5))
-        worker.send_signal(sig)
-        code = worker.wait(timeout=60)
-        if sig == signal.SIGTERM:  # a stopped worker frees its claim at once
-            assert code in (0, 130), (tmp_path / "worker.log").read_text()[-3000:]
-            assert all(latest(c / CLAIMS_DIR)[1]["state"] == "released" for c in out.glob("shapes__*"))
-    assert run_grid(grid_from_dict(tiny_grid(demo_data, out, **changes), "test")) == expected_states
-    assert results(out) == expected  # deterministic training: a resumed cell ends where an unkilled one does
-    for cell in expected:
-        assert events(out / cell).count("done") == 1, events(out / cell)
-        rows = [json.loads(line) for line in (out / cell / "metrics.jsonl").read_text().splitlines()]
-        whole = [json.loads(line) for line in (tmp_path / "whole" / cell / "metrics.jsonl").read_text().splitlines()]
-        assert [(r["epoch"], r["train/loss"]) for r in rows] == [(r["epoch"], r["train/loss"]) for r in whole]
-
-
 @pytest.mark.deepspeed
 def test_grid_under_the_deepspeed_launcher_shares_cells_between_ranks(demo_data, tmp_path):
     pytest.importorskip("deepspeed", reason="needs deepspeed")

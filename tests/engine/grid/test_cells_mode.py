@@ -2,9 +2,7 @@
 worker processes: each cell once, failures recorded and retried, dead workers' cells taken over."""
 import json
 import os
-import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from engine.cell_files import ATTEMPTS_FILE, CLAIMS_DIR, FAILURE_FILE
 from engine.grid.claims import latest
@@ -72,15 +69,42 @@ def test_grid_takes_over_the_cell_of_a_dead_worker(demo_data, tmp_path):
     assert failure["attempts"] == 1 and f":{dead.pid} died" in failure["reason"]
 
 
-def test_grid_two_worker_processes_run_each_cell_once(demo_data, tmp_path):
-    grid = tiny_grid(demo_data, tmp_path / "out", strategies=["ft", "lp", "lp_ft"])
+def _shared_needlessly(starts: list[dict]) -> list[str]:
+    """The work groups (dataset x backbone) a second worker joined although another group had a
+    cell no one had started and no other worker was busy in (with a second of slack for the
+    worker's look at the states before it claims)."""
+    def group(row):
+        return tuple(row["cell"].split("__")[:2])
+    needless = []
+    for row in starts:
+        earlier = [r for r in starts if r["time"] < row["time"]]
+        if not any(group(r) == group(row) and r["pid"] != row["pid"] for r in earlier) or \
+                any(group(r) == group(row) and r["pid"] == row["pid"] for r in earlier):
+            continue  # the first worker in its group, or one that stays in it
+        for other in {group(r) for r in starts} - {group(row)}:
+            unstarted = any(group(r) == other and r["time"] > row["time"] for r in starts)
+            busy = any(group(r) == other and r["pid"] != row["pid"] and r["time"] < row["time"]
+                       and r["done"] > row["time"] - 1.0 for r in starts)
+            if unstarted and not busy:
+                needless.append(f"{row['cell']} by {row['pid']}")
+    return needless
+
+
+def test_grid_two_worker_processes_run_each_cell_once_loading_each_group_once(demo_data, tmp_path):
+    grid = tiny_grid(demo_data, tmp_path / "out", backbones=["tiny_resnet", "tiny_vgg"],
+                     strategies=["ft", "lp", "lp_ft"], seeds=[684])
     config = write_grid(tmp_path / "g.yaml", grid)
     workers = [spawn(config, tmp_path / f"worker{i}.log", threads=1) for i in range(2)]
     assert [w.wait(timeout=300) for w in workers] == [0, 0], (tmp_path / "worker0.log").read_text()[-3000:]
     cells = sorted((tmp_path / "out").glob("shapes__*"))
     assert len(cells) == 6 and len(results(tmp_path / "out")) == 6
+    starts = []
     for cell in cells:
         assert events(cell) == ["start", "done"], cell.name  # trained exactly once
+        start, done = [json.loads(line) for line in (cell / ATTEMPTS_FILE).read_text().splitlines()]
+        starts.append({**start, "cell": cell.name, "done": done["time"]})
+    # Each dataset x backbone loaded by one worker unless both had nothing else left.
+    assert _shared_needlessly(starts) == []
 
 
 @pytest.mark.deepspeed

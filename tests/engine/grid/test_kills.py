@@ -6,7 +6,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -80,28 +79,29 @@ def _assert_resumed_where_killed(out: Path, whole: Path) -> None:
                 assert after["event"] == "start" and after["resume_epoch"] == died["resume_epoch"], attempts
 
 
-SMALL = {"strategies": ["ft", "lp_ft"], "grid": {"retries": 1},
-         "cell": {"trainer": {"epochs": 4, "deterministic": True}}}
+SMALL = {"strategies": ["lp_ft"], "grid": {"retries": 1},
+         "cell": {"trainer": {"epochs": 6, "patience": 10, "deterministic": True}}}
 
 
 def test_killed_workers_cost_no_attempt_and_cells_end_as_unkilled(demo_data, tmp_path):
     expected_states = run_grid(grid_from_dict(tiny_grid(demo_data, tmp_path / "whole", **SMALL), "test"))
     out = tmp_path / "killed"
     config = write_grid(tmp_path / "g.yaml", tiny_grid(demo_data, out, **SMALL))
-    signals = (signal.SIGTERM, signal.SIGKILL, signal.SIGKILL, signal.SIGKILL)
+    signals = (signal.SIGTERM, signal.SIGKILL, signal.SIGKILL)
     # As many threads as the reference run: CPU results depend on the thread count.
-    sent = _kill_repeatedly(config, out, tmp_path / "worker.log", signals, random.Random(0), last_epoch=2,
+    sent = _kill_repeatedly(config, out, tmp_path / "worker.log", signals, random.Random(0), last_epoch=4,
                             threads=torch.get_num_threads())
     assert sent == len(signals)
     assert run_grid(grid_from_dict(tiny_grid(demo_data, out, **SMALL), "test")) == expected_states
     assert results(out) == results(tmp_path / "whole")  # deterministic training resumes exactly
     _assert_resumed_where_killed(out, tmp_path / "whole")
     died = [r for p in out.glob(f"*/{ATTEMPTS_FILE}") for r in _rows(p) if r["event"] == "died"]
-    assert len(died) == 3 and not any(r["charged"] for r in died)  # every SIGKILL came after progress
+    assert len(died) == 2 and not any(r["charged"] for r in died)  # every SIGKILL came after progress
     assert not list(out.glob(f"*/{FAILURE_FILE}"))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_demo_grid_survives_a_dozen_sigkills(tmp_path):
     """The acceptance of the issue: the demo grid, its own retries, 12 SIGKILLs, one final run."""
     data = tmp_path / "data"

@@ -90,6 +90,8 @@ def _shared_needlessly(starts: list[dict]) -> list[str]:
     return needless
 
 
+# Worker processes take seconds each to start; minutes on a loaded machine.
+@pytest.mark.timeout(1800)
 def test_grid_two_worker_processes_run_each_cell_once_loading_each_group_once(demo_data, tmp_path):
     grid = tiny_grid(demo_data, tmp_path / "out", backbones=["tiny_resnet", "tiny_vgg"],
                      strategies=["ft", "lp", "lp_ft"], seeds=[684])

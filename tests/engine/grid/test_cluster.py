@@ -15,6 +15,8 @@ from tests.engine.grid.helpers import REPO, results, tiny_grid, write_grid
 pytestmark = pytest.mark.deepspeed
 
 
+# Worker processes take seconds each to start; minutes on a loaded machine.
+@pytest.mark.timeout(1800)
 def test_two_launchers_as_two_nodes_train_each_cell_once(demo_data, tmp_path):
     pytest.importorskip("deepspeed", reason="needs deepspeed")
     out = tmp_path / "out"

@@ -69,7 +69,7 @@ def _kill_repeatedly(config: Path, out: Path, log: Path, signals, rng: random.Ra
 def _assert_resumed_where_killed(out: Path, whole: Path) -> None:
     """Each cell's epochs equal the unkilled run's, and every restart resumed at the epoch its dead
     worker had completed: no epoch but the one a kill interrupted was trained twice."""
-    for cell in sorted(p.name for p in whole.glob("*/result.json")):
+    for cell in sorted(p.parent.name for p in whole.glob("*/result.json")):
         assert events(out / cell).count("done") == 1, events(out / cell)
         rows, reference = _rows(out / cell / METRICS_FILE), _rows(whole / cell / METRICS_FILE)
         assert [(r["epoch"], r["train/loss"]) for r in rows] == [(r["epoch"], r["train/loss"]) for r in reference]
@@ -83,6 +83,8 @@ SMALL = {"strategies": ["lp_ft"], "grid": {"retries": 1},
          "cell": {"trainer": {"epochs": 6, "patience": 10, "deterministic": True}}}
 
 
+# Worker processes take seconds each to start; minutes on a loaded machine.
+@pytest.mark.timeout(1800)
 def test_killed_workers_cost_no_attempt_and_cells_end_as_unkilled(demo_data, tmp_path):
     expected_states = run_grid(grid_from_dict(tiny_grid(demo_data, tmp_path / "whole", **SMALL), "test"))
     out = tmp_path / "killed"
@@ -127,6 +129,8 @@ def test_demo_grid_survives_a_dozen_sigkills(tmp_path):
     _assert_resumed_where_killed(out, tmp_path / "whole")
 
 
+# Worker processes take seconds each to start; minutes on a loaded machine.
+@pytest.mark.timeout(1800)
 def test_poison_cell_fails_after_its_attempts_and_retry_failed_runs_it_again(demo_data, tmp_path, capsys):
     out = tmp_path / "out"
     config = write_grid(tmp_path / "g.yaml", tiny_grid(demo_data, out, strategies=["ft", "lp"], seeds=[684],

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from engine.config import load_cell_config, to_yaml
@@ -77,7 +78,7 @@ def _demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medft", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train one cell (dataset x backbone x strategy x seed)")
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError) as e:
+        if args.verbose:
+            traceback.print_exc()
         print(f"medft: error: {e}", file=sys.stderr)
         return 2
 

@@ -8,12 +8,16 @@ free cell (claims.py), trains it with `train_cell` and moves on, and exits when 
 or has failed `1 + grid.retries` times.
 - A done cell (result.json) is skipped; a cell killed half-way resumes from its checkpoint.
 - A cell that raises is recorded in its folder (failure.json: reason, traceback, attempts) and
-  retried later; it never stops the other cells. A worker that died counts as a failed attempt.
-- Ctrl-C or SIGTERM releases the claim, so the cell is free for the next run at once.
+  retried later; it never stops the other cells. A worker that died counts as a failed attempt
+  only when its cell completed no epoch under it; `--retry-failed` re-queues failed cells.
+- Ctrl-C or SIGTERM releases the claim, so the cell is free for the next run at once (exit 130).
+- A worker takes cells in the order that reuses what it has loaded (cells_mode.claim_order).
+- Ranks come from the launcher (RANK, LOCAL_RANK) or from SLURM (SLURM_PROCID, SLURM_LOCALID);
+  docs/cluster.md has the multi-node recipes.
 - Each process keeps the last `grid.dataset_cache_size` datasets it loaded for the cells that follow.
 - attempts.jsonl in each cell folder records every start and outcome, with host and pid.
 
 Modules, each importing only those before it: config (the grid YAML and its cells), claims
-(who trains which cell), worker (one cell's run and what both modes share), cells_mode and
+(who trains which cell), logs (rank and cell id on every log line), worker (one cell's run and what both modes share), cells_mode and
 data_mode (the two `grid.parallel` loops), run (`run_grid`), __main__ (the command line).
 """

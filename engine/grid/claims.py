@@ -21,7 +21,9 @@ Heartbeats compare wall clocks across hosts: keep them synchronised (NTP) to wel
 
 Beside the claims, the owner keeps the cell's attempt records: attempts.jsonl (one line per
 start and outcome, with host, pid and rank) and failure.json (the failed attempts: the last
-reason and traceback, and every reason before it).
+reason and traceback, and every reason before it). Each `start` line names the claim record it
+ran under and the epoch it resumed at, so that whoever takes over a dead worker's claim can tell
+whether that attempt made progress (engine/grid/worker.py charges it only when it did not).
 """
 from __future__ import annotations
 
@@ -41,7 +43,6 @@ from engine.cell_files import ATTEMPTS_FILE, CLAIMS_DIR, FAILURE_FILE
 from engine.checkpoint import write_json_atomic
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -203,9 +204,14 @@ def holder(cell_folder: Path, stale_after_s: float) -> dict | None:
     return record
 
 
-def failed_attempts(cell_folder: Path) -> int:
+def failure_record(cell_folder: Path) -> dict:
+    """failure.json of a cell ({} when none of its attempts failed)."""
     path = Path(cell_folder) / FAILURE_FILE
-    return json.loads(path.read_text())["attempts"] if path.is_file() else 0
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def failed_attempts(cell_folder: Path) -> int:
+    return failure_record(cell_folder).get("attempts", 0)
 
 
 def record_failure(cell_folder: Path, reason: str, detail: list[str]) -> int:
@@ -226,3 +232,27 @@ def append_event(cell_folder: Path, event: str, rank: int, **extra) -> None:
     Path(cell_folder).mkdir(parents=True, exist_ok=True)
     with (Path(cell_folder) / ATTEMPTS_FILE).open("a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def attempt_start(cell_folder: Path, claim_number: int) -> dict | None:
+    """The `start` line of the attempt that ran under claim record `claim_number` (None when its
+    worker died before starting, or the line predates claim numbers)."""
+    path = Path(cell_folder) / ATTEMPTS_FILE
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # the last line of a worker killed while writing it
+                continue
+    return next((r for r in reversed(rows) if r.get("event") == "start" and r.get("claim") == claim_number), None)
+
+
+def clear_failures(cell_folder: Path, rank: int) -> None:
+    """Gives a failed cell a fresh attempt count (`--retry-failed`): its failure record moves into
+    attempts.jsonl as a `requeued` line, and failure.json goes."""
+    path = Path(cell_folder) / FAILURE_FILE
+    previous = json.loads(path.read_text())
+    append_event(cell_folder, "requeued", rank, previous_attempts=previous["attempts"], reason=previous["reason"],
+                 history=previous.get("history", []))
+    path.unlink()

@@ -20,7 +20,8 @@ from engine.config import CellConfig
 from engine.distributed import init_rank_group
 from engine.grid.claims import Claim, failed_attempts, try_claim
 from engine.grid.config import GridConfig
-from engine.grid.worker import MAX_POLL_S, DatasetCache, GridTally, Worker, cell_state, run_cell
+from engine.grid.worker import (INTERRUPTED, MAX_POLL_S, DatasetCache, GridTally, Worker, cell_state, run_cell,
+                                settle_takeover)
 from engine.trainer import train_cell
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,9 @@ def _next_cell(cells: list[CellConfig], states: dict[str, str], grid: GridConfig
         claim = try_claim(out, grid.grid.stale_after_s)
         if claim is None:
             continue
-        if (out / RESULT_FILE).is_file() or failed_attempts(out) + bool(claim.took_over) > grid.grid.retries:
+        if not (out / RESULT_FILE).is_file():
+            settle_takeover(out, claim, rank=0)
+        if (out / RESULT_FILE).is_file() or failed_attempts(out) > grid.grid.retries:
             settle(cells[i], claim)
             continue
         return i, claim
@@ -84,4 +87,6 @@ def _follow(cfg: CellConfig, cache: DatasetCache) -> None:
     try:
         train_cell(cfg, index=cache.get(cfg))
     except Exception as e:  # rank 0 records the failure; every rank saw the same one
+        if INTERRUPTED.is_set():
+            raise KeyboardInterrupt(f"interrupted ({type(e).__name__}: {e})") from e
         log.debug("cell %s failed on this rank too: %s", cfg.cell_id, e)

@@ -1,6 +1,7 @@
 """`run_grid`: this process's share of a grid, in the mode `grid.parallel` names."""
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from contextlib import contextmanager
@@ -15,12 +16,19 @@ from engine.config import CellConfig, to_yaml
 from engine.grid.cells_mode import work_cells
 from engine.grid.config import GridConfig, expand_cells
 from engine.grid.data_mode import data_parallel_cells, work_data_parallel
-from engine.grid.worker import DatasetCache, GridTally, Worker
+from engine.grid.worker import INTERRUPTED, DatasetCache, GridTally, Worker, requeue_failed
 from engine.tracking import require_wandb
 
+log = logging.getLogger(__name__)
 
-def run_grid(grid: GridConfig, source: str = "grid", worker: Worker | None = None) -> dict[str, str]:
+
+def run_grid(grid: GridConfig, source: str = "grid", worker: Worker | None = None,
+             retry_failed: bool = False) -> dict[str, str]:
     """Runs this process's share of the grid and returns every cell's final state.
+
+    Args:
+        retry_failed: first give every failed cell a fresh attempt count (done by rank 0 alone:
+            the launcher's other ranks find the cells pending once it has).
 
     Raises:
         ValueError: for bad input found before any cell starts (see `expand_cells`), or for W&B
@@ -33,7 +41,10 @@ def run_grid(grid: GridConfig, source: str = "grid", worker: Worker | None = Non
     checkpoint.write_text_atomic(to_yaml(grid), Path(grid.out_dir) / GRID_FILE)
     cells = _place(cells, worker)
     tally, cache = GridTally(grid.name, worker.logs_progress), DatasetCache(grid.grid.dataset_cache_size)
-    with _sigterm_as_interrupt():
+    with _signals_as_interrupt():
+        if retry_failed and worker.rank == 0:
+            for cell_id in requeue_failed(cells, grid, worker):
+                log.info("cell %s: failed before; re-queued with a fresh attempt count", cell_id)
         if grid.grid.parallel == "data":
             return work_data_parallel(data_parallel_cells(cells, grid.grid.zero_stage), grid, worker, tally, cache)
         return work_cells(cells, grid, worker, tally, cache)
@@ -50,16 +61,22 @@ def _place(cells: list[CellConfig], worker: Worker) -> list[CellConfig]:
 
 
 @contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler's or the launcher's stop) unwinds like Ctrl-C, releasing the claim."""
+def _signals_as_interrupt():
+    """Ctrl-C and SIGTERM (a scheduler's or the launcher's stop) unwind as KeyboardInterrupt,
+    releasing the claim. The handler sets INTERRUPTED first, so that an error the interrupt turns
+    into on its way up (torch.save makes one) is still taken for the interrupt (worker.py)."""
+    INTERRUPTED.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum, frame):
+        INTERRUPTED.set()
         raise KeyboardInterrupt(f"signal {signum}")
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    # SIGINT too: a process started in the background may have inherited it ignored.
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

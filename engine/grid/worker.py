@@ -3,30 +3,43 @@ dataset cache and the tally of the grid's progress.
 
 `run_cell` trains one claimed cell and records its outcome in the cell folder (attempts.jsonl,
 failure.json); a cell that raises is the cell's failure, never the grid's. The claim is released
-whatever happens (also on Ctrl-C), so the cell is free for the next run at once.
+whatever happens (also on Ctrl-C), so the cell is free for the next run at once. A signal is never
+a cell's failure: once Ctrl-C or SIGTERM set `INTERRUPTED`, whatever error it turned into (torch
+makes one of an interrupt inside `torch.save`) stops the worker as the interrupt it is.
+
+A worker that died (SIGKILL, a node failure, the OOM killer) costs its cell an attempt only when
+the cell made no progress under it (`settle_takeover`): a preempted cell simply resumes.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import pickle
+import threading
 import time
 import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
-from engine.cell_files import RESULT_FILE, cell_dir
+import torch
+
+from engine.cell_files import LAST_CKPT, RESULT_FILE, cell_dir
 from engine.config import CellConfig, to_dict
 from engine.data.gpu_cache import release_dataset
 from engine.data.sources import DatasetIndex, load_index
-from engine.grid.claims import Claim, append_event, failed_attempts, holder, record_failure
+from engine.grid.claims import (Claim, append_event, attempt_start, clear_failures, failed_attempts, holder,
+                                record_failure, try_claim)
 from engine.grid.config import GridConfig
+from engine.grid.logs import cell_logging
 from engine.tracking import create_tracker
 from engine.trainer import train_cell
 
 log = logging.getLogger(__name__)
 
 MAX_POLL_S = 5.0  # how often an idle worker looks for freed or abandoned cells, at most
+INTERRUPTED = threading.Event()  # set by run_grid's SIGINT / SIGTERM handler before it raises
 
 
 @dataclass(frozen=True)
@@ -39,10 +52,16 @@ class Worker:
     launched: bool = False
 
     @classmethod
-    def from_env(cls) -> Worker:
-        env = os.environ
-        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)),
-                   "RANK" in env)
+    def from_env(cls, env: dict | None = None) -> Worker:
+        """From the launcher's RANK / WORLD_SIZE / LOCAL_RANK (deepspeed, torchrun), else SLURM's
+        SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID: `srun` sets no LOCAL_RANK, and without it every
+        task of a node would train on cuda:0."""
+        env = os.environ if env is None else env
+
+        def read(name: str, slurm_name: str, default: int) -> int:
+            return int(env.get(name, env.get(slurm_name, default)))
+        return cls(read("RANK", "SLURM_PROCID", 0), read("WORLD_SIZE", "SLURM_NTASKS", 1),
+                   read("LOCAL_RANK", "SLURM_LOCALID", 0), "RANK" in env or "SLURM_PROCID" in env)
 
     @property
     def logs_progress(self) -> bool:
@@ -142,6 +161,51 @@ class GridTally:
                  len(states), counts["running"], counts["failed"], counts["pending"], eta if left else "finished")
 
 
+def requeue_failed(cells: list[CellConfig], grid: GridConfig, worker: Worker) -> list[str]:
+    """`--retry-failed`: every failed cell gets a fresh attempt count (under its claim, so that no
+    worker is settling it meanwhile); returns the ids of the cells re-queued."""
+    requeued = []
+    for cfg in cells:
+        out = cell_dir(cfg)
+        if cell_state(cfg, grid) != "failed" or (claim := try_claim(out, grid.grid.stale_after_s)) is None:
+            continue
+        try:
+            if not (out / RESULT_FILE).is_file() and failed_attempts(out) > grid.grid.retries:
+                clear_failures(out, worker.rank)
+                requeued.append(cfg.cell_id)
+        finally:
+            claim.release("requeued")
+    return requeued
+
+
+def resume_epoch(out: Path) -> int:
+    """The epoch the cell's resume state would start at (0 without one). mmap reads no weights."""
+    try:
+        state = torch.load(out / LAST_CKPT, map_location="cpu", weights_only=False, mmap=True)
+        return int(state["epoch"])
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError):
+        return 0  # none yet, or damaged: the loop starts the cell afresh
+
+
+def settle_takeover(out: Path, claim: Claim, rank: int) -> None:
+    """Charges the attempt of the worker whose dead or hung claim `claim` took over, only when the
+    cell made no progress under it (no newer resume state than the attempt started from): a worker
+    killed after an epoch (preemption, a neighbour's OOM killer) costs the cell nothing, a cell that
+    kills its worker before an epoch completes (a segfault, an OOM) an attempt each time. Settles
+    a takeover once (data_mode settles before it decides, `_attempt` again after)."""
+    if claim.took_over is None:
+        return
+    reason, claim.took_over = claim.took_over, None
+    started, now = attempt_start(out, claim.number - 1), resume_epoch(out)
+    charged = started is None or now <= started.get("resume_epoch", 0)
+    append_event(out, "died", rank, reason=reason, charged=charged, resume_epoch=now)
+    if charged:
+        record_failure(out, f"{reason} before completing an epoch (at epoch {now})", [])
+    else:
+        log.warning("cell %s: %s after completing epochs; it resumes at epoch %d, no attempt charged",
+                    out.name, reason, now)
+
+
 def run_cell(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCache, worker: Worker,
              until_epoch: int | None = None) -> float:
     """Runs one claimed cell (or finds it finished) and releases the claim; returns the wall seconds.
@@ -151,7 +215,8 @@ def run_cell(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCach
     start, outcome = time.perf_counter(), "interrupted"
     claim.start_heartbeat(grid.grid.heartbeat_s)
     try:
-        outcome = _attempt(cfg, claim, grid, cache, worker, until_epoch)
+        with cell_logging(cfg.cell_id):
+            outcome = _attempt(cfg, claim, grid, cache, worker, until_epoch)
     except ClaimLost:
         outcome = "lost"
         log.warning("cell %s: taken over by another worker; stopped here", cfg.cell_id)
@@ -165,12 +230,11 @@ def _attempt(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCach
     out = cell_dir(cfg)
     if (out / RESULT_FILE).is_file():
         return "done"  # finished by another worker between our look and our claim
-    if claim.took_over:
-        record_failure(out, claim.took_over, [])
+    settle_takeover(out, claim, worker.rank)
     attempts = failed_attempts(out)
     if attempts > grid.grid.retries:
         return "failed"
-    append_event(out, "start", worker.rank, attempt=attempts + 1)
+    append_event(out, "start", worker.rank, attempt=attempts + 1, claim=claim.number, resume_epoch=resume_epoch(out))
     log.info("cell %s: start (attempt %d of %d) on rank %d", cfg.cell_id, attempts + 1, grid.grid.retries + 1,
              worker.rank)
     tracker, start = create_tracker(cfg, grid.name), time.perf_counter()
@@ -180,10 +244,10 @@ def _attempt(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCach
         append_event(out, "lost" if isinstance(e, ClaimLost) else "interrupted", worker.rank)
         raise
     except Exception as e:  # any cell error is the cell's, never the grid's
-        reason = f"{type(e).__name__}: {e}"
-        failed = record_failure(out, reason, traceback.format_exception(e)[-8:])
-        append_event(out, "failed", worker.rank, reason=reason)
-        log.error("cell %s: failed (attempt %d of %d): %s", cfg.cell_id, failed, grid.grid.retries + 1, reason)
+        if INTERRUPTED.is_set():  # but a signal turned into an error is still the signal
+            append_event(out, "interrupted", worker.rank, reason=f"{type(e).__name__}: {e}")
+            raise KeyboardInterrupt(f"interrupted ({type(e).__name__}: {e})") from e
+        _record_cell_failure(cfg, e, grid, worker)
         return "failed"
     finally:
         tracker.finish()
@@ -195,3 +259,12 @@ def _attempt(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCach
     append_event(out, "done", worker.rank, wall_s=wall_s)
     log.info("cell %s: done in %.0f s, test accuracy %.4f", cfg.cell_id, wall_s, result["test"]["accuracy"])
     return "done"
+
+
+def _record_cell_failure(cfg: CellConfig, error: Exception, grid: GridConfig, worker: Worker) -> None:
+    out, reason = cell_dir(cfg), f"{type(error).__name__}: {error}"
+    failed = record_failure(out, reason, traceback.format_exception(error)[-8:])
+    append_event(out, "failed", worker.rank, reason=reason)
+    # The traceback is in failure.json; -v also prints it here.
+    log.error("cell %s: failed (attempt %d of %d): %s", cfg.cell_id, failed, grid.grid.retries + 1, reason,
+              exc_info=error if log.isEnabledFor(logging.DEBUG) else None)

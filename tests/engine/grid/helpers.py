@@ -45,10 +45,13 @@ def results(out: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text())["test"] for p in sorted(out.glob("*/result.json"))}
 
 
-def spawn(config: Path, log: Path, *extra: str, threads: int | None = None) -> subprocess.Popen:
+def spawn(config: Path, log: Path, *extra: str, threads: int | None = None,
+          entry: tuple[str, ...] = ("-m", "engine.grid")) -> subprocess.Popen:
+    """A worker process `python ENTRY CONFIG EXTRA...` writing to `log` (entry: e.g. the command
+    line `-m engine.cli grid`, or a test wrapper module)."""
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     with log.open("ab") as f:
-        return subprocess.Popen([sys.executable, "-m", "engine.grid", str(config), *extra], cwd=REPO, env=env,
+        return subprocess.Popen([sys.executable, *entry, str(config), *extra], cwd=REPO, env=env,
                                 stdout=f, stderr=subprocess.STDOUT)
 
 

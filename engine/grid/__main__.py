@@ -17,6 +17,9 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. cell.trainer.epochs=5 seeds=[684]")
     parser.add_argument("--print-config", action="store_true", help="print the resolved grid and exit")
     parser.add_argument("--list", action="store_true", help="list the cell ids and their states, and exit")
+    parser.add_argument("--restart-changed", action="store_true",
+                        help="cells whose folder holds results of another config (keys that change results): "
+                             "move them to OUT_DIR/replaced/<time>/ and train them afresh, instead of stopping")
     # The DeepSpeed launcher passes --local_rank=N; LOCAL_RANK in the environment says the same.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -32,7 +35,7 @@ def grid_command(args: argparse.Namespace) -> int:
         for cfg in expand_cells(grid, source):
             print(f"{cell_state(cfg, grid):<8} {cfg.cell_id}")
         return 0
-    states = run_grid(grid, source)
+    states = run_grid(grid, source, restart_changed=args.restart_changed)
     failed = sorted(cell for cell, state in states.items() if state == "failed")
     print(f"grid {grid.name}: {len(states) - len(failed)} of {len(states)} cells done in {grid.out_dir}"
           + (f"; failed: {', '.join(failed)}" if failed else ""))

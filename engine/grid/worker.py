@@ -15,13 +15,14 @@ import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from engine import provenance
 from engine.cell_files import RESULT_FILE, cell_dir
 from engine.config import CellConfig, to_dict
 from engine.data.gpu_cache import release_dataset
 from engine.data.sources import DatasetIndex, load_index
 from engine.grid.claims import Claim, append_event, failed_attempts, holder, record_failure
 from engine.grid.config import GridConfig
-from engine.tracking import create_tracker
+from engine.tracking import NullTracker, create_tracker
 from engine.trainer import train_cell
 
 log = logging.getLogger(__name__)
@@ -168,9 +169,11 @@ def _attempt(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCach
     append_event(out, "start", worker.rank, attempt=attempts + 1)
     log.info("cell %s: start (attempt %d of %d) on rank %d", cfg.cell_id, attempts + 1, grid.grid.retries + 1,
              worker.rank)
-    tracker, start = create_tracker(cfg, grid.name), time.perf_counter()
+    tracker, start = NullTracker(), time.perf_counter()
     try:
-        result = train_cell(cfg, _GuardedTracker(tracker, claim), index=cache.get(cfg))
+        index = cache.get(cfg)  # a dataset that cannot be indexed is this cell's failure
+        tracker = create_tracker(cfg, grid.name, provenance.for_cell(cfg, index))
+        result = train_cell(cfg, _GuardedTracker(tracker, claim), index=index)
     except (KeyboardInterrupt, ClaimLost) as e:
         append_event(out, "lost" if isinstance(e, ClaimLost) else "interrupted", worker.rank)
         raise

@@ -19,12 +19,14 @@ LAST_CKPT = "last.pt"  # the resume state
 FAILURE_FILE = "failure.json"  # why the cell's last attempt failed
 ATTEMPTS_FILE = "attempts.jsonl"  # one line per start and outcome of an attempt
 CLAIMS_DIR = "claims"  # numbered claim files of the workers that took the cell
+PROVENANCE_FILE = "provenance.json"  # software, device, threads and data fingerprint of the last start
 
 # Files of a grid's out_dir.
 GRID_FILE = "grid.yaml"  # the grid config a run dir was made with
 REPORT_DIR = "report"  # what `medft report` writes
 RECOMMEND_DIR = "recommend"  # what `medft recommend` writes: one folder per dataset x backbone, with
 RECOMMEND_MD, RECOMMEND_JSON, RECOMMEND_FIGURE = "recommend.md", "recommend.json", "curves.png"
+REPLACED_DIR = "replaced"  # cells moved aside by a restart: replaced/<time>/<cell id>/
 
 CELL_ID_SEP = "__"  # separates the four parts of a cell id, so no part may contain it
 

@@ -15,15 +15,22 @@ from engine.config import load_cell_config, to_yaml
 def _train(args) -> int:
     from engine.tracking import create_tracker
     from engine.cell_files import cell_dir
+    from engine import provenance
+    from engine.config_guard import require_same_config, restart_if_changed
+    from engine.data.sources import load_index
     from engine.trainer import train_cell
 
     cfg = load_cell_config(args.config, args.overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    tracker = create_tracker(cfg)
+    if args.restart_changed and (moved := restart_if_changed(cfg)):
+        print(f"moved the results of another config to {moved}")
+    require_same_config(cfg)  # before a tracker run starts for a cell that cannot train
+    index = load_index(cfg.data)
+    tracker = create_tracker(cfg, provenance=provenance.for_cell(cfg, index))
     try:
-        result = train_cell(cfg, tracker)
+        result = train_cell(cfg, tracker, index)
     finally:
         tracker.finish()
     print(json.dumps({k: result[k] for k in ("cell_id", "best_epoch", "test")}, indent=2))
@@ -84,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one cell (dataset x backbone x strategy x seed)")
     train.add_argument("--config", help="cell YAML (default: the built-in defaults)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.add_argument("--restart-changed", action="store_true",
+                       help="if the cell's folder holds results of another config, move them to "
+                            "OUT_DIR/replaced/<time>/ and train afresh")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.epochs=5 strategy.name=lp")
     train.set_defaults(run=_train)
 

@@ -139,6 +139,24 @@ class CellConfig:
         return make_cell_id(dataset, self.model.backbone, self.strategy.name, self.trainer.seed)
 
 
+# Keys of a CellConfig that do not change a cell's results: a cell folder whose saved config
+# differs from a new one only in these is the same cell (engine/config_guard.py compares the rest).
+# A key names a field or a whole section; each value says why it may differ.
+RESULT_NEUTRAL_KEYS = {
+    "name": "the cell id: it names the folder, so it is the same whenever the folder is",
+    "trainer.out_dir": "where the folder lies, not what trained in it",
+    "trainer.device": "which device of the same kind: the grid puts each rank on its own cuda:N",
+    "trainer.compile": "the same arithmetic, compiled or not (differences at rounding level)",
+    "trainer.compile_backend": "as trainer.compile",
+    "trainer.cudnn_benchmark": "picks among cuDNN kernels of the same arithmetic (rounding level)",
+    "trainer.channels_last": "a memory layout of the same arithmetic (rounding level)",
+    "optim.impl": "fused, foreach or apex kernels of the same update rule (rounding level)",
+    "data.num_workers": "loader processes: the batches are the same, only how fast they come",
+    "data.eval_batch_size": "evaluation is per image in eval mode; the batch only sets the pace",
+    "tracking": "where metrics are sent, not what they are",
+}
+
+
 def parse_strategy(data: dict, source: str, key: str = "strategy") -> Any:
     """Builds the config dataclass of the strategy named by `data['name']` (default ft)."""
     from strategies import strategy_config_class

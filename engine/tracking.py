@@ -120,8 +120,9 @@ class WandbTracker:
             log.warning("W&B tracking is off for run %s: %s: %s", init_kwargs.get("name"), type(e).__name__, e)
 
 
-def create_tracker(cfg, grid_name: str = "") -> Tracker:
-    """The tracker `cfg.tracking` asks for, for the cell `cfg` (a CellConfig).
+def create_tracker(cfg, grid_name: str = "", provenance: dict | None = None) -> Tracker:
+    """The tracker `cfg.tracking` asks for, for the cell `cfg` (a CellConfig); `provenance`
+    (engine/provenance.py) goes into the run's config beside the cell config.
 
     Raises:
         ValueError: when `tracking.backend=wandb` and wandb is not installed.
@@ -129,10 +130,10 @@ def create_tracker(cfg, grid_name: str = "") -> Tracker:
     if cfg.tracking.backend == "none":
         return NullTracker()
     require_wandb()
-    return WandbTracker(wandb_init_kwargs(cfg, grid_name), finish_timeout_s=cfg.tracking.init_timeout_s)
+    return WandbTracker(wandb_init_kwargs(cfg, grid_name, provenance), finish_timeout_s=cfg.tracking.init_timeout_s)
 
 
-def wandb_init_kwargs(cfg, grid_name: str = "") -> dict:
+def wandb_init_kwargs(cfg, grid_name: str = "", provenance: dict | None = None) -> dict:
     """`wandb.init` arguments for one cell: a run id derived from the cell's folder, so a resumed
     cell continues the same run."""
     from engine.config import to_dict
@@ -143,7 +144,8 @@ def wandb_init_kwargs(cfg, grid_name: str = "") -> dict:
     dataset = cfg.cell_id.split(CELL_ID_SEP)[0]
     return {"project": tracking.project, "group": tracking.group or grid_name or None, "name": cfg.cell_id,
             "job_type": cfg.strategy.name, "tags": [dataset, cfg.model.backbone, f"seed_{cfg.trainer.seed}"],
-            "config": to_dict(cfg), "dir": tracking.dir or str(folder), "id": run_id, "resume": "allow",
+            "config": {**to_dict(cfg), "provenance": provenance}, "dir": tracking.dir or str(folder), "id": run_id,
+            "resume": "allow",
             # console off: W&B would otherwise wrap this process's stdout for every run.
             # W&B's own WANDB_MODE, when set, wins over the config (e.g. WANDB_MODE=disabled).
             "settings": {"mode": os.environ.get("WANDB_MODE") or tracking.mode, "init_timeout": tracking.init_timeout_s,

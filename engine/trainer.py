@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from engine import checkpoint
-from engine.cell_files import BEST_CKPT, CONFIG_FILE, LAST_CKPT, METRICS_FILE, RESULT_FILE, cell_dir
+from engine import checkpoint, provenance
+from engine.cell_files import BEST_CKPT, CONFIG_FILE, LAST_CKPT, METRICS_FILE, PROVENANCE_FILE, RESULT_FILE, cell_dir
 from engine.config import CellConfig, to_yaml
+from engine.config_guard import require_same_config
 from engine.data.loaders import build_loaders
 from engine.data.sources import load_index
 from engine.epoch_inputs import epoch_inputs
@@ -70,7 +71,10 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None, unti
 
     Writes into trainer.out_dir/<cell id>: config.yaml, metrics.jsonl (one line per epoch),
     last.pt (resume state), best.pt (best-validation weights) and result.json (atomically, last).
-    A directory that already holds result.json is a finished cell: its result is returned.
+    A directory that already holds result.json is a finished cell: its result is returned. A
+    done or resumable folder whose saved config differs from `cfg` in a key that changes results
+    raises ConfigMismatch (engine/config_guard.py). provenance.json (engine/provenance.py) is
+    written at every start, and result.json carries the provenance of the attempt that finished.
 
     In data-parallel mode (trainer.data_parallel) every rank calls this for the same cell; rank 0
     writes the files.
@@ -83,14 +87,17 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None, unti
             config is untouched, so the schedule and the result are those of an uninterrupted run.
     """
     out = cell_dir(cfg)
+    require_same_config(cfg)
     if (out / RESULT_FILE).is_file():
         return json.loads((out / RESULT_FILE).read_text())
     tracker = tracker or NullTracker()
     index = index or load_index(cfg.data)
     ctx = build_context(cfg, index)
+    origin = provenance.collect(index, ctx.device)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.write_text_atomic(to_yaml(cfg), out / CONFIG_FILE)
+        checkpoint.write_json_atomic(origin, out / PROVENANCE_FILE)
     loaders = build_loaders(index, ctx.rank_data_config(), cfg.trainer.seed, ctx.device, shard=ctx.shard,
                             dtype=ctx.amp_dtype or torch.float32)
     stopper = EarlyStopping(cfg.trainer.patience)
@@ -115,7 +122,7 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None, unti
         plan = new_plan
         row = _run_epoch(ctx, loaders, index, plan, epoch, stopper, out)
         tracker.log(row, step=epoch)
-    result = _finish(ctx, loaders, stopper, out, patience_ended_run)
+    result = _finish(ctx, loaders, stopper, out, patience_ended_run, origin)
     tracker.summary(result)
     return result
 
@@ -205,7 +212,8 @@ def _epoch_of(line: str) -> int | None:
         return None
 
 
-def _finish(ctx: RunContext, loaders, stopper: EarlyStopping, out: Path, patience_ended_run: bool) -> dict:
+def _finish(ctx: RunContext, loaders, stopper: EarlyStopping, out: Path, patience_ended_run: bool,
+            origin: dict) -> dict:
     ctx.barrier()  # rank 0 has written best.pt
     if (out / BEST_CKPT).is_file():
         ctx.adapter.load_plain_state_dict_(ctx.model, torch.load(out / BEST_CKPT, map_location=ctx.device,
@@ -214,7 +222,7 @@ def _finish(ctx: RunContext, loaders, stopper: EarlyStopping, out: Path, patienc
         test = evaluate(ctx, loaders.test)
     result = {"cell_id": ctx.cfg.cell_id, "status": "done", "classes": ctx.classes,
               "best_epoch": stopper.best_epoch, f"best_val_{ctx.cfg.trainer.monitor}": stopper.best_metric,
-              "stopped_early": patience_ended_run, "test": test, **ctx.totals()}
+              "stopped_early": patience_ended_run, "test": test, **ctx.totals(), "provenance": origin}
     if ctx.is_main:
         checkpoint.write_json_atomic(result, out / RESULT_FILE)
     return result

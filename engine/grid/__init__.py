@@ -6,7 +6,10 @@ Any number of processes may run the same grid at once: the ranks of the DeepSpee
 `medft grid` processes, or several hosts sharing the file system. Each process repeatedly claims a
 free cell (claims.py), trains it with `train_cell` and moves on, and exits when every cell is done
 or has failed `1 + grid.retries` times.
-- A done cell (result.json) is skipped; a cell killed half-way resumes from its checkpoint.
+- A done cell (result.json) is skipped; a cell killed half-way resumes from its checkpoint. Both
+  only under the config that made them: before any cell trains, a grid whose cells (or out_dir's
+  grid.yaml) differ from the saved configs in a key that changes results stops, naming them
+  (guard.py); `--restart-changed` moves those cells aside and trains them afresh.
 - A cell that raises is recorded in its folder (failure.json: reason, traceback, attempts) and
   retried later; it never stops the other cells. A worker that died counts as a failed attempt
   only when its cell completed no epoch under it; `--retry-failed` re-queues failed cells.
@@ -18,6 +21,7 @@ or has failed `1 + grid.retries` times.
 - attempts.jsonl in each cell folder records every start and outcome, with host and pid.
 
 Modules, each importing only those before it: config (the grid YAML and its cells), claims
-(who trains which cell), logs (rank and cell id on every log line), worker (one cell's run and what both modes share), cells_mode and
-data_mode (the two `grid.parallel` loops), run (`run_grid`), __main__ (the command line).
+(who trains which cell), logs (rank and cell id on every log line), worker (one cell's run and what
+both modes share), cells_mode and data_mode (the two `grid.parallel` loops), guard (out_dir's results
+against the grid's config), run (`run_grid`), __main__ (the command line).
 """

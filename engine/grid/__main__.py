@@ -26,6 +26,9 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: `medft -v grid` sets it on the main parser, which this default must not undo.
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="debug logging, and tracebacks of errors and failed cells")
+    parser.add_argument("--restart-changed", action="store_true",
+                        help="cells whose folder holds results of another config (keys that change results): "
+                             "move them to OUT_DIR/replaced/<time>/ and train them afresh, instead of stopping")
     # The DeepSpeed launcher passes --local_rank=N; LOCAL_RANK in the environment says the same.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -47,7 +50,8 @@ def grid_command(args: argparse.Namespace) -> int:
             print(f"{state:<8} {cfg.cell_id}{why}")
         return 0
     try:
-        states = run_grid(grid, source, worker, retry_failed=args.retry_failed)
+        states = run_grid(grid, source, worker, retry_failed=args.retry_failed,
+                          restart_changed=args.restart_changed)
     except KeyboardInterrupt:
         print("medft grid: interrupted; claims released, run the same command to continue", file=sys.stderr)
         return 130

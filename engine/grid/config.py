@@ -134,10 +134,16 @@ def expand_cells(grid: GridConfig, source: str = "grid") -> list[CellConfig]:
     if duplicates:
         raise ValueError(f"{source}: duplicate cell ids {duplicates}: each dataset, backbone, strategy and seed "
                          "must be listed once")
+    return resolve_cells(grid, source)
+
+
+def resolve_cells(grid: GridConfig, source: str = "grid") -> list[CellConfig]:
+    """`expand_cells` without the file-system checks (also for a grid.yaml saved earlier)."""
+    paths = {d.name: dataset_path(grid, d) for d in grid.datasets}
     formats = {d.name: d.format for d in grid.datasets}
     overrides = {s.name: entry for s, entry in zip(strategy_configs(grid), grid.strategies)}
     cells = []
-    for key in keys:
+    for key in cell_keys(grid):
         data = copy.deepcopy(grid.cell)
         data.setdefault("data", {}).update(path=str(paths[key.dataset]), format=formats[key.dataset])
         model = data.setdefault("model", {})

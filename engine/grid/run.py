@@ -15,38 +15,41 @@ from engine.cell_files import GRID_FILE
 from engine.config import CellConfig, to_yaml
 from engine.grid.cells_mode import work_cells
 from engine.grid.config import GridConfig, expand_cells
-from engine.grid.data_mode import data_parallel_cells, work_data_parallel
+from engine.grid.data_mode import work_data_parallel
+from engine.grid.guard import cells_as_trained, check_out_dir
 from engine.grid.worker import INTERRUPTED, DatasetCache, GridTally, Worker, requeue_failed
 from engine.tracking import require_wandb
 
 log = logging.getLogger(__name__)
 
-
 def run_grid(grid: GridConfig, source: str = "grid", worker: Worker | None = None,
-             retry_failed: bool = False) -> dict[str, str]:
+             retry_failed: bool = False, restart_changed: bool = False) -> dict[str, str]:
     """Runs this process's share of the grid and returns every cell's final state.
 
     Args:
         retry_failed: first give every failed cell a fresh attempt count (done by rank 0 alone:
             the launcher's other ranks find the cells pending once it has).
+        restart_changed: move the folders of cells whose saved config differs aside and train
+            them afresh, instead of stopping (engine/grid/guard.py).
 
     Raises:
-        ValueError: for bad input found before any cell starts (see `expand_cells`), or for W&B
-            tracking without wandb installed.
+        ValueError: for bad input found before any cell starts (see `expand_cells`), for W&B
+            tracking without wandb installed, or (ConfigMismatch) for out_dir results of another config.
     """
-    cells = expand_cells(grid, source)
+    cells = cells_as_trained(grid, expand_cells(grid, source))
     if any(c.tracking.backend == "wandb" for c in cells):
         require_wandb()
     worker = worker or Worker.from_env()
-    checkpoint.write_text_atomic(to_yaml(grid), Path(grid.out_dir) / GRID_FILE)
     cells = _place(cells, worker)
+    check_out_dir(grid, cells, restart_changed)
+    checkpoint.write_text_atomic(to_yaml(grid), Path(grid.out_dir) / GRID_FILE)
     tally, cache = GridTally(grid.name, worker.logs_progress), DatasetCache(grid.grid.dataset_cache_size)
     with _signals_as_interrupt():
         if retry_failed and worker.rank == 0:
             for cell_id in requeue_failed(cells, grid, worker):
                 log.info("cell %s: failed before; re-queued with a fresh attempt count", cell_id)
         if grid.grid.parallel == "data":
-            return work_data_parallel(data_parallel_cells(cells, grid.grid.zero_stage), grid, worker, tally, cache)
+            return work_data_parallel(cells, grid, worker, tally, cache)
         return work_cells(cells, grid, worker, tally, cache)
 
 

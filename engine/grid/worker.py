@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from engine import provenance
 from engine.cell_files import LAST_CKPT, RESULT_FILE, cell_dir
 from engine.config import CellConfig, to_dict
 from engine.data.gpu_cache import release_dataset
@@ -33,7 +34,7 @@ from engine.grid.claims import (Claim, append_event, attempt_start, clear_failur
                                 record_failure, try_claim)
 from engine.grid.config import GridConfig
 from engine.grid.logs import cell_logging
-from engine.tracking import create_tracker
+from engine.tracking import NullTracker, create_tracker
 from engine.trainer import train_cell
 
 log = logging.getLogger(__name__)
@@ -237,9 +238,11 @@ def _attempt(cfg: CellConfig, claim: Claim, grid: GridConfig, cache: DatasetCach
     append_event(out, "start", worker.rank, attempt=attempts + 1, claim=claim.number, resume_epoch=resume_epoch(out))
     log.info("cell %s: start (attempt %d of %d) on rank %d", cfg.cell_id, attempts + 1, grid.grid.retries + 1,
              worker.rank)
-    tracker, start = create_tracker(cfg, grid.name), time.perf_counter()
+    tracker, start = NullTracker(), time.perf_counter()
     try:
-        result = train_cell(cfg, _GuardedTracker(tracker, claim), index=cache.get(cfg), until_epoch=until_epoch)
+        index = cache.get(cfg)  # a dataset that cannot be indexed is this cell's failure
+        tracker = create_tracker(cfg, grid.name, provenance.for_cell(cfg, index))
+        result = train_cell(cfg, _GuardedTracker(tracker, claim), index=index, until_epoch=until_epoch)
     except (KeyboardInterrupt, ClaimLost) as e:
         append_event(out, "lost" if isinstance(e, ClaimLost) else "interrupted", worker.rank)
         raise

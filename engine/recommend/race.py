@@ -23,7 +23,7 @@ from engine.cell_files import CONFIG_FILE, GRID_FILE, cell_dir, parse_cell_id
 from engine.grid.claims import try_claim
 from engine import checkpoint
 from engine.config import CellConfig, apply_overrides, from_dict, load_cell_config, read_yaml, to_yaml
-from engine.grid.run import _place, _sigterm_as_interrupt
+from engine.grid.run import _place, _signals_as_interrupt
 from engine.grid.worker import DatasetCache, Worker, cell_state, run_cell
 from engine.grid.config import GridConfig, cell_keys, expand_cells, grid_from_dict
 from engine.recommend.policy import Arm, CellView, Decision, RaceSettings, decide, replay
@@ -161,7 +161,7 @@ def run_race(grid: GridConfig, settings: RaceSettings, source: str = "grid",
     checkpoint.write_text_atomic(to_yaml(grid), Path(grid.out_dir) / GRID_FILE)  # what a replay reads
     cases = race_cases(grid, source, cells)
     cache = DatasetCache(grid.grid.dataset_cache_size)
-    with _sigterm_as_interrupt():
+    with _signals_as_interrupt():
         while True:
             jobs = [(case, job) for case in cases
                     for job in decide(case.arms, case.seeds, case.epochs, settings, observe(case, grid)).jobs]

@@ -8,6 +8,8 @@ RUN_DIR/report:
   backbone) cases each strategy wins against FT (the study's headline measure); the cost per cell
   in device-seconds (result.json's train_s); failed and unfinished cells with their reasons.
 - cells.csv, summary.csv, wins.csv, cost.csv, failures.csv: the same numbers, unrounded (`tables.py`).
+- a data-fingerprint section and fingerprints.csv: per dataset, the fingerprints of the data its
+  cells trained on, flagged where they disagree (`fingerprints.py`).
 - heatmap_<dataset>.png and curves_<dataset>.png (`plots.py`).
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from engine.cell_files import REPORT_DIR
 from engine.report.cells import load_cells
+from engine.report.fingerprints import fingerprint_rows, fingerprint_section
 from engine.report.plots import plot_curves, plot_heatmaps
 from engine.report.tables import cell_rows, cost_table, render_markdown, summarize, wins_table, write_csv
 
@@ -37,12 +40,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     summary = summarize(cells)
     wins, cost = wins_table(summary), cost_table(cells)
     tables = {"cells": cell_rows(cells), "summary": summary, "wins": wins, "cost": cost,
-              "failures": [r for r in cell_rows(cells) if r["status"] == "failed"]}
+              "failures": [r for r in cell_rows(cells) if r["status"] == "failed"],
+              "fingerprints": fingerprint_rows(cells)}
     for table, rows in tables.items():
         write_csv(rows, out / f"{table}.csv")
     figures = plot_heatmaps(summary, out) + plot_curves(cells, out)
     path = out / "report.md"
-    path.write_text(render_markdown(name, run_dir, cells, summary, wins, cost, figures, description))
+    markdown = render_markdown(name, run_dir, cells, summary, wins, cost, figures, description)
+    path.write_text(markdown + "\n".join(["", *fingerprint_section(tables["fingerprints"])]))
     return path
 
 

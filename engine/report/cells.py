@@ -22,6 +22,7 @@ class Cell:
     attempts: int = 0  # failed attempts
     reason: str = ""
     folder: Path | None = None
+    provenance: dict = field(default_factory=dict)  # result.json's (engine/provenance.py)
 
 
 def load_cells(run_dir: Path) -> tuple[str, str, list[Cell]]:
@@ -51,6 +52,7 @@ def _read_cell(key: CellKey, folder: Path) -> Cell:
         result = json.loads((folder / RESULT_FILE).read_text())
         cell.status, cell.test = "done", result["test"]
         cell.train_s, cell.best_epoch = result.get("train_s"), result.get("best_epoch")
+        cell.provenance = result.get("provenance", {})
     elif failure:
         cell.status = "failed"
     return cell

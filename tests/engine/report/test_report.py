@@ -129,3 +129,25 @@ def test_report_prints_the_grids_description_under_its_title(fake_run):
     (run_dir / "grid.yaml").write_text(yaml.safe_dump({**grid, "description": "Weights from the source task."}))
     assert write_report(run_dir).read_text().split("\n")[:4] == [
         "# medft report: fake", "", "Weights from the source task.", ""]
+
+
+def test_the_report_lists_data_fingerprints_and_flags_a_dataset_whose_cells_disagree(fake_run):
+    run_dir, truth = fake_run
+    odd = "d1__b2__lp__s2"
+    for key in truth:
+        cell_id = "__".join(key[:3]) + f"__s{key[3]}"
+        path = run_dir / cell_id / "result.json"
+        result = json.loads(path.read_text())
+        result["provenance"] = {"data_fingerprint": ("other" if cell_id == odd else "fp_") + key[0]}
+        path.write_text(json.dumps(result))
+    report = write_report(run_dir).read_text()
+    section = report[report.index("## Data fingerprints"):]
+    d1_cells = sum(k[0] == "d1" for k in truth)
+    assert f"| d1 | `fp_d1` | {d1_cells - 1} | **disagrees** |" in section
+    assert "| d1 | `otherd1` | 1 | **disagrees** |" in section
+    assert f"| d2 | `fp_d2` | {sum(k[0] == 'd2' for k in truth)} | ok |" in section
+    assert "**d1: its cells saw different data.**" in section and f"`otherd1`: {odd}" in section
+    assert "d2: its cells" not in section
+    rows = _csv(run_dir / "report" / "fingerprints.csv")
+    assert {(r["dataset"], r["fingerprint"], r["disagree"]) for r in rows} == {
+        ("d1", "fp_d1", "True"), ("d1", "otherd1", "True"), ("d2", "fp_d2", "False")}

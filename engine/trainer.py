@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from engine import checkpoint
-from engine.cell_files import BEST_CKPT, CONFIG_FILE, LAST_CKPT, METRICS_FILE, RESULT_FILE, cell_dir
+from engine.cell_files import BEST_CKPT, CONFIG_FILE, LAST_CKPT, METRICS_FILE, PREDICTIONS_FILE, RESULT_FILE, cell_dir
 from engine.config import CellConfig, to_yaml
 from engine.data.loaders import build_loaders
 from engine.data.sources import load_index
 from engine.epoch_inputs import epoch_inputs
-from engine.epochs import evaluate, run_train_epoch
+from engine.epochs import evaluate, prediction_metrics, predict, run_train_epoch
 from engine.plan_apply import apply_plan, refresh_optimizer, set_trainable, with_scales
 from engine.run_context import RunContext, build_context
 from engine.steps import calibration_norms
@@ -195,10 +195,13 @@ def _finish(ctx: RunContext, loaders, stopper: EarlyStopping, out: Path, patienc
     ctx.barrier()  # rank 0 has written best.pt
     if (out / BEST_CKPT).is_file():
         ctx.model.load_state_dict(torch.load(out / BEST_CKPT, map_location=ctx.device, weights_only=True))
-    test = evaluate(ctx, loaders.test)
+    labels, probs = predict(ctx, loaders.test)
+    test = prediction_metrics(labels, probs)
     result = {"cell_id": ctx.cfg.cell_id, "status": "done", "classes": ctx.classes,
               "best_epoch": stopper.best_epoch, f"best_val_{ctx.cfg.trainer.monitor}": stopper.best_metric,
               "stopped_early": patience_ended_run, "test": test, **ctx.totals()}
-    if ctx.is_main:
+    if ctx.is_main:  # the per-image predictions first: the report's bootstrap reads them beside result.json
+        checkpoint.save_npz_atomic({"labels": labels.cpu().numpy(), "probs": probs.cpu().numpy()},
+                                   out / PREDICTIONS_FILE)
         checkpoint.write_json_atomic(result, out / RESULT_FILE)
     return result

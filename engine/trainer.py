@@ -67,7 +67,8 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None) -> d
     """Trains one cell to completion (or resumes it) and returns its result.
 
     Writes into trainer.out_dir/<cell id>: config.yaml, metrics.jsonl (one line per epoch),
-    last.pt (resume state), best.pt (best-validation weights) and result.json (atomically, last).
+    last.pt (resume state), best.pt (best-validation weights), test_predictions.npz (their per-image
+    test predictions) and result.json (atomically, last).
     A directory that already holds result.json is a finished cell: its result is returned.
 
     In data-parallel mode (trainer.data_parallel) every rank calls this for the same cell; rank 0
@@ -200,7 +201,7 @@ def _finish(ctx: RunContext, loaders, stopper: EarlyStopping, out: Path, patienc
     result = {"cell_id": ctx.cfg.cell_id, "status": "done", "classes": ctx.classes,
               "best_epoch": stopper.best_epoch, f"best_val_{ctx.cfg.trainer.monitor}": stopper.best_metric,
               "stopped_early": patience_ended_run, "test": test, **ctx.totals()}
-    if ctx.is_main:  # the per-image predictions first: the report's bootstrap reads them beside result.json
+    if ctx.is_main:  # predictions before result.json: a done cell always has the report's bootstrap input
         checkpoint.save_npz_atomic({"labels": labels.cpu().numpy(), "probs": probs.cpu().numpy()},
                                    out / PREDICTIONS_FILE)
         checkpoint.write_json_atomic(result, out / RESULT_FILE)

@@ -127,7 +127,8 @@ def _cells_section(cells: list[Cell], intervals: dict) -> list[str]:
                 if missing else ""), ""]
     rows = [[c.key.cell_id] + [x for m in METRICS for x in (num(c.test.get(m)), interval(
         *intervals.get(c.key, {}).get(m, (None, None))))] for c in done]
-    return lines + table(["cell"] + [x for m in METRICS for x in (SHORT[m], "95% CI")], rows)
+    header = ["cell"] + [x for m in METRICS for x in (SHORT[m], "95% CI")]
+    return lines + [f"<details><summary>{len(rows)} cells</summary>", "", *table(header, rows), "</details>", ""]
 
 
 def render_markdown(r: ReportData) -> str:

@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["engine*", "kernels*", "strategies*", "configs*"]),
     package_data={"configs": ["*.yaml"]},
-    install_requires=["torch", "torchvision", "numpy", "pillow", "pyyaml", "matplotlib"],
+    install_requires=["torch", "torchvision", "numpy", "pillow", "pyyaml", "matplotlib", "scipy"],
     extras_require={
         "dali": ["nvidia-dali-cuda130"],
         "deepspeed": ["deepspeed"],

@@ -16,6 +16,7 @@ METRICS_FILE = "metrics.jsonl"  # one JSON line per completed epoch
 RESULT_FILE = "result.json"  # written atomically when the cell is done
 BEST_CKPT = "best.pt"  # the best-validation weights
 LAST_CKPT = "last.pt"  # the resume state
+PREDICTIONS_FILE = "test_predictions.npz"  # the best weights' test labels and probabilities, per image
 FAILURE_FILE = "failure.json"  # why the cell's last attempt failed
 ATTEMPTS_FILE = "attempts.jsonl"  # one line per start and outcome of an attempt
 CLAIMS_DIR = "claims"  # numbered claim files of the workers that took the cell

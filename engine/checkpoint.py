@@ -41,6 +41,10 @@ def write_text_atomic(text: str, path: str | Path) -> None:
     _atomic(Path(path), lambda f: f.write(text.encode()))
 
 
+def save_npz_atomic(arrays: dict, path: str | Path) -> None:
+    _atomic(Path(path), lambda f: np.savez_compressed(f, **arrays))
+
+
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -67,8 +67,9 @@ def run_train_epoch(ctx: RunContext, loader, epoch: int, forward=None) -> dict:
 
 
 @torch.no_grad()
-def evaluate(ctx: RunContext, loader, forward=None) -> dict:
-    """Metrics of the current weights on every sample of `loader` (eval mode), plus the loss.
+def predict(ctx: RunContext, loader, forward=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels (N,), class probabilities (N, C)) of the current weights on every sample of
+    `loader` (eval mode), in the loader's order (with several processes, the union of the shards).
 
     Args:
         forward: the module batches go through (default: the run's model); the head when the
@@ -91,6 +92,16 @@ def evaluate(ctx: RunContext, loader, forward=None) -> dict:
         probs_t, labels_t = ctx.ranks.gather(probs_t), ctx.ranks.gather(labels_t)
     if not labels_t.numel():
         raise ValueError("evaluation split has no readable image")
-    loss = F.nll_loss(probs_t.clamp_min(1e-12).log(), labels_t).item()
-    metrics = classification_metrics(labels_t.cpu().numpy(), probs_t.cpu().numpy())
-    return {"loss": loss, "samples": int(labels_t.numel()), **metrics}
+    return labels_t, probs_t
+
+
+def prediction_metrics(labels: torch.Tensor, probs: torch.Tensor) -> dict:
+    """The metrics of `predict`'s output, plus the loss (mean NLL) and the number of samples."""
+    loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels).item()
+    metrics = classification_metrics(labels.cpu().numpy(), probs.cpu().numpy())
+    return {"loss": loss, "samples": int(labels.numel()), **metrics}
+
+
+def evaluate(ctx: RunContext, loader, forward=None) -> dict:
+    """Metrics of the current weights on every sample of `loader` (eval mode), plus the loss."""
+    return prediction_metrics(*predict(ctx, loader, forward))

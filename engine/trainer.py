@@ -20,13 +20,14 @@ from pathlib import Path
 import torch
 
 from engine import checkpoint, provenance
-from engine.cell_files import BEST_CKPT, CONFIG_FILE, LAST_CKPT, METRICS_FILE, PROVENANCE_FILE, RESULT_FILE, cell_dir
+from engine.cell_files import (BEST_CKPT, CONFIG_FILE, LAST_CKPT, METRICS_FILE, PREDICTIONS_FILE, PROVENANCE_FILE,
+                               RESULT_FILE, cell_dir)
 from engine.config import CellConfig, to_yaml
 from engine.config_guard import require_same_config
 from engine.data.loaders import build_loaders
 from engine.data.sources import load_index
 from engine.epoch_inputs import epoch_inputs
-from engine.epochs import evaluate, run_train_epoch
+from engine.epochs import evaluate, prediction_metrics, predict, run_train_epoch
 from engine.plan_apply import apply_plan, refresh_optimizer, set_trainable, with_scales
 from engine.run_context import RunContext, build_context
 from engine.steps import calibration_norms
@@ -70,7 +71,8 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None, unti
     """Trains one cell to completion (or resumes it) and returns its result.
 
     Writes into trainer.out_dir/<cell id>: config.yaml, metrics.jsonl (one line per epoch),
-    last.pt (resume state), best.pt (best-validation weights) and result.json (atomically, last).
+    last.pt (resume state), best.pt (best-validation weights), test_predictions.npz (their per-image
+    test predictions) and result.json (atomically, last).
     A directory that already holds result.json is a finished cell: its result is returned. A
     done or resumable folder whose saved config differs from `cfg` in a key that changes results
     raises ConfigMismatch (engine/config_guard.py). provenance.json (engine/provenance.py) is
@@ -219,10 +221,13 @@ def _finish(ctx: RunContext, loaders, stopper: EarlyStopping, out: Path, patienc
         ctx.adapter.load_plain_state_dict_(ctx.model, torch.load(out / BEST_CKPT, map_location=ctx.device,
                                                                  weights_only=True))
     with ctx.adapter.merged(ctx.model):
-        test = evaluate(ctx, loaders.test)
+        labels, probs = predict(ctx, loaders.test)
+    test = prediction_metrics(labels, probs)
     result = {"cell_id": ctx.cfg.cell_id, "status": "done", "classes": ctx.classes,
               "best_epoch": stopper.best_epoch, f"best_val_{ctx.cfg.trainer.monitor}": stopper.best_metric,
               "stopped_early": patience_ended_run, "test": test, **ctx.totals(), "provenance": origin}
-    if ctx.is_main:
+    if ctx.is_main:  # predictions before result.json: a done cell always has the report's bootstrap input
+        checkpoint.save_npz_atomic({"labels": labels.cpu().numpy(), "probs": probs.cpu().numpy()},
+                                   out / PREDICTIONS_FILE)
         checkpoint.write_json_atomic(result, out / RESULT_FILE)
     return result

@@ -3,6 +3,7 @@
 - heatmap_<dataset>.png: Δ test accuracy vs FT, strategies x backbones, centred on zero.
 - curves_<dataset>.png: validation accuracy per epoch from metrics.jsonl, one panel per
   backbone, one line per strategy (mean over the seeds that reached that epoch).
+- cd_<metric>.png: the critical-difference diagram of the strategies' average ranks over cases.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from engine.cell_files import METRICS_FILE
 from engine.report.cells import Cell
+from engine.report.significance import AcrossCases
 from engine.report.tables import BASELINE
 
 
@@ -98,3 +100,51 @@ def plot_curves(cells: list[Cell], out: Path) -> list[Path]:
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     return paths
+
+
+def _not_different_groups(ranks: list[float], cd: float) -> list[tuple[int, int]]:
+    """Maximal runs [i, j] of the rank-sorted strategies whose ranks differ by less than cd."""
+    groups = []
+    for i in range(len(ranks)):
+        j = max(j for j in range(i, len(ranks)) if ranks[j] - ranks[i] < cd)
+        if j > i and not any(a <= i and j <= b for a, b in groups):
+            groups.append((i, j))
+    return groups
+
+
+def plot_critical_difference(test: AcrossCases, out: Path) -> Path | None:
+    """cd_<metric>.png, Demšar's critical-difference diagram: the average-rank axis (1 = best, on
+    the left), each strategy at its rank, the CD as a bar, and a thick line joining strategies
+    whose ranks differ by less than the CD. None where the Friedman test is undefined."""
+    if test.friedman is None:
+        return None
+    plt, f = _pyplot(), test.friedman
+    ranks, names = zip(*sorted(zip(f.ranks, f.strategies)))
+    k = len(ranks)
+    half = (k + 1) // 2
+    fig, ax = plt.subplots(figsize=(6.4, 1.6 + 0.28 * half))
+    ax.set_xlim(-2.5, k + 3.5)  # room for the labels on both sides
+    ax.set_ylim(-(half + 0.7), 1.6)
+    ax.hlines(0, 1, k, color="black")
+    for tick in range(1, k + 1):
+        ax.vlines(tick, 0, 0.12, color="black")
+        ax.text(tick, 0.2, str(tick), ha="center", va="bottom", fontsize=8)
+    for i, (rank, name) in enumerate(zip(ranks, names)):
+        left = i < half  # the better half is labelled on the left, the rest on the right
+        level = -(i + 1) if left else -(k - i)
+        edge = 0.5 if left else k + 0.5
+        ax.plot([rank, rank, edge], [0, level, level], color="black", linewidth=0.8)
+        ax.text(edge - 0.1 if left else edge + 0.1, level, f"{name} ({rank:.2f})", fontsize=8,
+                ha="right" if left else "left", va="center")
+    ax.plot([1, 1 + f.cd], [1.2, 1.2], color="tab:red", linewidth=2)
+    ax.text(1 + f.cd / 2, 1.3, f"CD = {f.cd:.2f}", ha="center", va="bottom", fontsize=8, color="tab:red")
+    for n, (i, j) in enumerate(_not_different_groups(list(ranks), f.cd)):
+        y = -0.35 - 0.25 * n
+        ax.plot([ranks[i] - 0.03, ranks[j] + 0.03], [y, y], color="tab:blue", linewidth=3)
+    ax.set_title(f"{test.metric}: average rank over {f.cases} cases (Friedman p = {f.p:.3g})", fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    path = out / f"cd_{test.metric}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

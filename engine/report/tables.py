@@ -1,5 +1,4 @@
-"""The report's tables (summary, wins, cost, cells) from the loaded cells, their CSV files, and
-report.md rendered from them."""
+"""The report's tables (summary, wins, cost, cells) from the loaded cells, and their CSV files."""
 from __future__ import annotations
 
 import csv
@@ -44,20 +43,23 @@ def summarize(cells: list[Cell]) -> list[dict]:
 
 
 def wins_table(summary: list[dict]) -> list[dict]:
-    """Per strategy: over the (dataset, backbone) cases it shares with FT, how often its mean is
-    above FT's (wins), equal within TIE_TOLERANCE (ties) or below (losses), per metric, and the mean Δ."""
+    """Per strategy, over the (dataset, backbone) cases it shares with FT, per metric: wins, ties
+    and losses by the rule of bootstrap.outcome (the Δ interval above, around or below 0), the
+    cases without an interval (no saved predictions), how often its mean is above FT's at all
+    (`mean_higher`) and the mean Δ."""
     rows = []
     for strategy in sorted({r["strategy"] for r in summary} - {BASELINE}):
         cases = [r for r in summary if r["strategy"] == strategy and not math.isnan(r["accuracy_delta_vs_ft"])]
         row = {"strategy": strategy, "cases": len(cases)}
         for m in METRICS:
             deltas = [r[f"{m}_delta_vs_ft"] for r in cases]
-            row[f"{m}_wins"] = sum(d > TIE_TOLERANCE for d in deltas)
-            row[f"{m}_ties"] = sum(abs(d) <= TIE_TOLERANCE for d in deltas)
-            row[f"{m}_losses"] = sum(d < -TIE_TOLERANCE for d in deltas)
+            outcomes = [r.get(f"{m}_outcome", "no interval") for r in cases]
+            for name, count in (("wins", "win"), ("ties", "tie"), ("losses", "loss"), ("no_interval", "no interval")):
+                row[f"{m}_{name}"] = outcomes.count(count)
+            row[f"{m}_mean_higher"] = sum(d > TIE_TOLERANCE for d in deltas)
             row[f"{m}_mean_delta"] = float(np.mean(deltas)) if deltas else math.nan
         rows.append(row)
-    return sorted(rows, key=lambda r: (-r["accuracy_wins"], r["strategy"]))
+    return sorted(rows, key=lambda r: (-r["accuracy_wins"], r["accuracy_losses"], r["strategy"]))
 
 
 def cost_table(cells: list[Cell]) -> list[dict]:
@@ -78,9 +80,13 @@ def cost_table(cells: list[Cell]) -> list[dict]:
     return rows
 
 
-def cell_rows(cells: list[Cell]) -> list[dict]:
+def cell_rows(cells: list[Cell], intervals: dict | None = None) -> list[dict]:
+    """cells.csv: every cell's status, test metrics and, where it has one, its bootstrap interval per metric."""
+    intervals = intervals or {}
     return [{"cell_id": c.key.cell_id, **c.key._asdict(), "status": c.status,
              **{m: c.test.get(m, "") for m in ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "kappa")},
+             **{f"{m}_{end}": bound for m, (low, high) in intervals.get(c.key, {}).items()
+                for end, bound in (("low", low), ("high", high))},
              "best_epoch": c.best_epoch, "train_s": c.train_s, "failed_attempts": c.attempts, "reason": c.reason}
             for c in cells]
 
@@ -92,67 +98,3 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writeheader()
         writer.writerows({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
                           for k, v in r.items()} for r in rows)
-
-
-def _num(value, fmt: str = ".3f") -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(map(str, r)) + " |" for r in rows), ""]
-
-
-def _dataset_section(dataset: str, summary: list[dict], figures: list[Path]) -> list[str]:
-    rows = [r for r in summary if r["dataset"] == dataset]
-    best = {b: max(r["accuracy_mean"] for r in rows if r["backbone"] == b) for b in {r["backbone"] for r in rows}}
-    table = []
-    for r in rows:
-        cells = [r["backbone"], r["strategy"], r["seeds"]]
-        for m in METRICS:
-            mean = _num(r[f"{m}_mean"]) + ("" if math.isnan(r[f"{m}_std"]) else f" ± {_num(r[f'{m}_std'])}")
-            if m == "accuracy" and r[f"{m}_mean"] == best[r["backbone"]]:
-                mean = f"**{mean}**"
-            p = r[f"{m}_p_t"]
-            cells += [mean, _num(r[f"{m}_delta_vs_ft"], "+.3f"), "<0.001" if p < 0.001 else _num(p, ".3f")]
-        table.append(cells + [_num(r["train_s_mean"], ".1f")])
-    header = ["backbone", "strategy", "seeds", "acc", "Δ acc", "p", "bal. acc", "Δ bal. acc", "p", "train s"]
-    heatmap = [f"![Δ accuracy vs FT, {dataset}]({f.name})" for f in figures if f.name == f"heatmap_{dataset}.png"]
-    return [f"## {dataset}", "", *_table(header, table), *heatmap, ""]
-
-
-def render_markdown(name: str, run_dir: Path, cells: list[Cell], summary: list[dict], wins: list[dict],
-                    cost: list[dict], figures: list[Path], description: str = "") -> str:
-    """report.md: the grid's description, the headline wins, one table per dataset, cost, failures and figures."""
-    counts = {s: sum(c.status == s for c in cells) for s in ("done", "failed", "unfinished", "not started")}
-    lines = [f"# medft report: {name}", "", *([description.strip(), ""] if description.strip() else []),
-             f"Run folder `{run_dir}`: {len(cells)} cells; " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".",
-             "", "Test metrics, mean ± sample std over seeds. Δ = strategy mean − FT mean on the same dataset and "
-             "backbone. p = two-sided paired t-test over the seeds both ran (summary.csv also has the exact "
-             "sign-flip test). Best accuracy per dataset and backbone in bold.", "",
-             "## Wins against FT", "", "(dataset, backbone) cases where the strategy's mean beats FT's.", ""]
-    lines += _table(["strategy", "cases", "acc wins/ties/losses", "mean Δ acc", "bal. acc wins/ties/losses",
-                     "mean Δ bal. acc"],
-                    [[w["strategy"], w["cases"]] + [x for m in METRICS for x in (
-                        f"{w[f'{m}_wins']}/{w[f'{m}_ties']}/{w[f'{m}_losses']}", _num(w[f"{m}_mean_delta"], "+.3f"))]
-                     for w in wins])
-    for dataset in sorted({r["dataset"] for r in summary}):
-        lines += _dataset_section(dataset, summary, figures)
-    backbones = sorted(k[len("train_s_mean_"):] for k in (cost[0] if cost else {}) if k.startswith("train_s_mean_"))
-    lines += ["## Cost (device-seconds per cell)", ""]
-    lines += _table(["strategy", "cells", *backbones, "mean", "total device-h", "vs FT"],
-                    [[r["strategy"], r["cells"], *(_num(r[f"train_s_mean_{b}"], ".1f") for b in backbones),
-                      _num(r["train_s_mean"], ".1f"), _num(r["device_h_total"], ".3f"), _num(r["vs_ft"], ".2f")]
-                     for r in cost])
-    failed = [c for c in cells if c.status == "failed"]
-    if failed:
-        lines += ["## Failed cells", ""]
-        lines += _table(["cell", "failed attempts", "reason"],
-                        [[c.key.cell_id, c.attempts, c.reason.replace("|", "\\|").replace("\n", " ")] for c in failed])
-    waiting = [c.key.cell_id for c in cells if c.status in ("unfinished", "not started")]
-    if waiting:
-        lines += ["## Unfinished cells", "", ", ".join(waiting), ""]
-    curves = [f"![learning curves, {f.stem[7:]}]({f.name})" for f in figures if f.stem.startswith("curves_")]
-    if curves:
-        lines += ["## Learning curves (validation accuracy per epoch, mean over seeds)", "", *curves, ""]
-    return "\n".join(lines)

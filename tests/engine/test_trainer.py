@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -8,7 +9,8 @@ from engine.config import load_cell_config
 from engine.data.sources import load_index
 from engine.data.synthetic import make_demo_dataset
 from engine.run_context import build_context
-from engine.cell_files import cell_dir
+from engine.cell_files import PREDICTIONS_FILE, cell_dir
+from engine.metrics import classification_metrics
 from engine.trainer import train_cell
 from tests.helpers import read_metrics
 
@@ -26,6 +28,11 @@ def test_train_cell_writes_config_metrics_result_and_best_checkpoint(cpu_cell_co
     assert result["classes"] == ["checkers", "circles", "stripes"]
     assert set(result["test"]) >= {"accuracy", "balanced_accuracy", "macro_f1", "auroc", "kappa", "confusion_matrix"}
     assert sum(map(sum, result["test"]["confusion_matrix"])) == result["test"]["samples"]
+    with np.load(out / PREDICTIONS_FILE) as saved:  # the per-image test predictions the report's bootstrap reads
+        assert saved["probs"].shape == (result["test"]["samples"], 3)
+        recomputed = classification_metrics(saved["labels"], saved["probs"])
+    assert recomputed.pop("confusion_matrix") == result["test"]["confusion_matrix"]
+    assert recomputed == pytest.approx({k: result["test"][k] for k in recomputed})
     rows = _rows(cfg)
     assert [r["epoch"] for r in rows] == [0, 1]
     for key in ("train/loss", "val/accuracy", "perf/img_per_s", "perf/compute_img_per_s", "perf/data_wait_frac"):

@@ -110,7 +110,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", help="append the JSON rows to this file")
     parser.add_argument("--check", action="store_true",
-                        help="exit non-zero when a GPU target of ../shared/spec/performance.md is missed")
+                        help="exit non-zero when a GPU target of docs/performance.md is missed")
     return parser
 
 

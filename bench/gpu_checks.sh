@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 2-5 in one run, for a session lent a GPU machine (device tool): kernels
-# against float64 references, then every bench with --check (targets of ../shared/spec/performance.md),
+# Every GPU check in one prepared run on a GPU machine: kernels
+# against float64 references, then every bench with --check (targets of docs/performance.md),
 # each against its baseline measured in the same process. Rows go to $OUT (or ./gpu_rows) as JSONL.
 # DALI, DeepSpeed and W&B are not in the GPU image: install DALI's wheels first (README, Docker).
 set -uo pipefail

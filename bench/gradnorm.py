@@ -1,6 +1,6 @@
 """Per-tensor norms for Auto-RGN: microseconds per call of kernels.multi_tensor_norm and its peers.
 
-Answers the per-tensor norm table of ../shared/spec/performance.md for the parameter lists of
+Answers the per-tensor norm table of docs/performance.md for the parameter lists of
 torchvision's ResNet-50, DenseNet-121 and VGG-19 (random weights and grads). Variants, all in
 this process: the kernel, two `torch._foreach_norm` + division (the baseline), the `.item()`
 per-tensor loop, and one `vector_norm` over a flat copy of every grad and weight (made once,

@@ -1,6 +1,6 @@
 """Input pipeline: images per second from image files to normalised batches on the device.
 
-Answers the Input pipeline section of ../shared/spec/performance.md. Every backend reads the same
+Answers the Input pipeline section of docs/performance.md. Every backend reads the same
 files in this process: torchvision (PIL in DataLoader workers, then a copy to the device: the
 baseline), dali, and the GPU cache's first epoch (`gpu_cache[<inner decoder>]/ep1`: decode and
 store) and later epochs (`/ep2+`: index and normalise). One timed call is one train epoch in the

@@ -7,7 +7,7 @@ Both runs train the same LP cell (`train_cell`) on the same generated JPEG/PNG d
 pretrained weights would be). An epoch's time is its training plus its validation pass; the first
 cached cell's includes building the train and validation caches (in its first epoch). A second
 cached cell (another seed) then finds the features the first one built, as the next cells of a
-grid worker do. Target (issue 3): uncached/cached >= 10x over 10 epochs for the first cached
+grid worker do. Target (docs/performance.md): uncached/cached >= 10x over 10 epochs for the first cached
 cell; `--check` exits non-zero below it. Early stopping is off so every run runs every epoch.
 
 Parameter-efficient strategies (`--only peft`): for ft, bitfit and lora on the same backbone, the

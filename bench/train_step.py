@@ -3,7 +3,7 @@
 Both run in this process, on synthetic data already on the device, with the same backbone,
 batch, image size and precision: the bare loop is autocast + cross-entropy + backward + fused
 Adam step, nothing else; medft's step is `engine.steps.train_step` under an FT plan (strategy
-hook, loss bookkeeping and all). Target (../shared/spec/performance.md, issue 2): medft >= 0.97
+hook, loss bookkeeping and all). Target (docs/performance.md): medft >= 0.97
 of the bare loop; `--check` exits non-zero below it on a GPU.
 
     python -m bench.train_step --backbone resnet50 --batch 128 --size 224 [--amp bf16] [--compile]

@@ -1,7 +1,7 @@
 """The backbone registry: how each backbone is built, cut into blocks, and split into features/head.
 
 `engine/models.py` registers the study's families, `engine/modern_backbones.py` the newer ones;
-both derive their blocks from the module tree (../shared/spec/strategies.md, "Blocks").
+both derive their blocks from the module tree (docs/protocol.md, "Blocks").
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Config as data: dataclasses loaded from YAML, with dotted `key=value` overrides.
 
-Every value that ../shared/spec/strategies.md names is a field here (the protocol) or in the
+Every value that docs/protocol.md names is a field here (the protocol) or in the
 config dataclass beside its strategy (strategies/). Loading is strict: an unknown key or a value
 of the wrong type raises ValueError naming the key and where it came from.
 """

@@ -1,6 +1,6 @@
 """Backbones: torchvision models with a new head, their blocks, and their features/head split.
 
-Blocks follow ../shared/spec/strategies.md ("Blocks"), derived from the module tree so that a new
+Blocks follow docs/protocol.md ("Blocks"), derived from the module tree so that a new
 backbone takes a registry entry and a few lines. `tiny_*` entries are the same architectures,
 narrow, for tests and CPU demos. This module registers the study's families (ResNet, DenseNet,
 VGG); engine/modern_backbones.py the newer ones; engine/weights.py reads and loads weights files.

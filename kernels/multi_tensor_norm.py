@@ -1,6 +1,6 @@
 """Per-tensor squared L2 norms of gradients and weights, and their ratio, in one pass (Auto-RGN).
 
-Implements the per-tensor norm table of ../shared/spec/performance.md; the loop hands these norms
+Implements the per-tensor norm table of docs/performance.md; the loop hands these norms
 to `Strategy.update_scales` (style.md section 3). For every pair i of a gradient g_i and its
 weight w_i (same shape):
 

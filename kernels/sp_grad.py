@@ -1,6 +1,6 @@
 """The L1-SP / L2-SP gradient term, added in place to every gradient in one fused pass.
 
-Implements the extra gradient of the SP-regularized strategies (../shared/spec/strategies.md,
+Implements the extra gradient of the SP-regularized strategies (docs/strategies.md,
 L1/L2-SP; style.md section 3, `Strategy.extra_grad_`). For every tensor i, with weight w_i,
 gradient g_i and, for backbone tensors, the pretrained anchor w0_i (same shape):
 

@@ -1,7 +1,7 @@
 """The data contract every backend implements and the training loop reads, and what the backends share.
 
 - `Batch`, `Batches` (the protocol the loop iterates), `Loaders` (the three splits);
-- the input of ../shared/spec/strategies.md (Shared protocol): `protocol_resize_crop`, i.e.
+- the input of docs/protocol.md (Shared protocol): `protocol_resize_crop`, i.e.
   Resize(resize, shorter side) -> CenterCrop(crop), on a sample read by `read_sample` (8-bit
   RGB, grayscale replicated to 3 channels by `images.open_rgb`);
 - the augmentation draws (`augment_draw`): a horizontal flip with p=0.5 and a rotation of up to

@@ -2,7 +2,7 @@
 backends (`dali.py`, `gpu_cache.py`).
 
 Both backends first make, per sample, the protocol's Resize(resize, shorter side) ->
-CenterCrop(crop) as a uint8 (crop, crop, 3) HWC image (../shared/spec/strategies.md, Shared
+CenterCrop(crop) as a uint8 (crop, crop, 3) HWC image (docs/protocol.md, Shared
 protocol), with a `CropDecoder`: DALI, the PIL reference (`PilCropDecoder`, exactly the
 torchvision backend's pixels) or the GPU cache. `CropBatches` then does the rest, on the device:
 - the (B, H, W, 3) batch is permuted to (B, 3, H, W): a view, not a copy, because NHWC memory

@@ -1,6 +1,6 @@
 """The DALI backend: the protocol's crops decoded by NVIDIA DALI, on the GPU or on the CPU.
 
-Implements issue 5's input pipeline (../shared/spec/performance.md, Input pipeline) for every
+The input pipeline of (docs/performance.md, Input pipeline) for every
 data source with ONE pipeline definition parameterised by the device:
 - image files (ImageFolder, CSV): each path goes in through `external_source`, in the order of
   `sharding.shard_batches` (DALI never shuffles on its own), `fn.io.file.read` reads it and

@@ -1,6 +1,6 @@
 """The GPU-cache backend: decode once, then every later epoch only indexes memory on the device.
 
-Implements ../shared/spec/performance.md (Input pipeline: "decode once and keep the uint8 images
+Implements docs/performance.md (Input pipeline: "decode once and keep the uint8 images
 on the GPU"). The first time a sample is asked for, its protocol crop (Resize(resize) ->
 CenterCrop(crop), uint8 HWC, `crops.py`) is decoded by the inner decoder, DALI when it imports
 else the PIL path, and stored; from then on a batch is a gather from that storage, then the

@@ -1,6 +1,6 @@
 """Image files by content: format sniffing and decoding to 8-bit RGB.
 
-Implements the input side of the shared protocol in ../shared/spec/strategies.md
+Implements the input side of the shared protocol in docs/protocol.md
 ("grayscale replicated to 3 channels"): whatever the file holds, `open_rgb` returns an
 8-bit RGB PIL image. Formats are recognised by their magic bytes, never by the file
 extension, because real datasets ship PNG data under .jpg names.

@@ -1,6 +1,6 @@
 """The torchvision/PIL backend: `Batches` over a torch DataLoader that decodes with PIL.
 
-Implements the input of ../shared/spec/strategies.md (Shared protocol): Resize(resize) ->
+Implements the input of docs/protocol.md (Shared protocol): Resize(resize) ->
 CenterCrop(crop) -> ToTensor -> Normalize(mean, std), grayscale replicated to 3 channels (by
 `images.open_rgb`), no augmentation unless `augment` (then the flip and rotation of
 `batches.augment_draw`, on train only, after the crop). Reproducibility does not depend on

@@ -17,7 +17,7 @@ from typing import Literal
 from engine.cell_files import CELL_ID_SEP, CellKey
 from engine.config import CellConfig, apply_overrides, from_dict, parse_strategy, read_yaml
 
-STUDY_SEEDS = (684, 559, 629)  # ../shared/spec/strategies.md, shared protocol
+STUDY_SEEDS = (684, 559, 629)  # docs/protocol.md, shared protocol
 BACKBONE_PLACEHOLDER = "{backbone}"  # in cell.model.weights, replaced by each cell's backbone
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Cell settings the grid's own axes decide; setting them under `cell` would be silently ignored.

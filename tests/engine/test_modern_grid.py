@@ -1,5 +1,5 @@
 """configs/modern.yaml: the study's strategies plus BitFit and LoRA over the modern backbones."""
-from engine.cli import preset_path
+from configs import preset_path
 from engine.grid_config import cell_keys, expand_cells, load_grid_config
 
 

@@ -8,7 +8,7 @@ from engine.run_context import build_context
 from engine.trainer import train_cell
 from strategies.bitfit import bitfit_trainable
 from strategies.protocol import Progress
-from tests.strategies.helpers import tiny_layout
+from tests.helpers import tiny_layout
 
 
 def test_bitfit_plan_is_every_backbone_bias_and_the_head():

@@ -7,7 +7,7 @@ from strategies import create_strategy
 from strategies.auto_rgn import AutoRgnConfig
 from strategies.linear_probe import LpConfig
 from strategies.protocol import Progress
-from tests.strategies.helpers import tiny_layout
+from tests.helpers import tiny_layout
 
 
 @pytest.mark.parametrize("backbone", ["tiny_convnext", "tiny_vit", "tiny_swin"])

@@ -1,6 +1,6 @@
 """configs/modern.yaml: the study's strategies plus BitFit and LoRA over the modern backbones."""
 from configs import preset_path
-from engine.grid_config import cell_keys, expand_cells, load_grid_config
+from engine.grid.config import cell_keys, expand_cells, load_grid_config
 
 
 def test_modern_grid_is_ten_strategies_over_three_backbones_and_the_six_slots(tmp_path):

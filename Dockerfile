@@ -9,10 +9,13 @@ COPY strategies ./strategies
 COPY kernels ./kernels
 COPY configs ./configs
 COPY bench ./bench
-RUN pip install --no-cache-dir deepspeed wandb && pip install --no-cache-dir --no-deps -e . \
-    && pip install --no-cache-dir pyyaml matplotlib
+# The versions medft's tests ran with; the image's torch, torchvision, DALI and Triton stay as NGC built them.
+RUN pip install --no-cache-dir deepspeed==0.19.8 wandb==0.31.0 peft==0.21.2 scipy==1.17.1 pydicom==3.0.2 \
+        pyyaml matplotlib \
+    && pip install --no-cache-dir --no-deps -e .
 
-# W&B stays offline unless the user passes WANDB_MODE=online and a key.
+# W&B stays offline unless the user passes WANDB_MODE=online and a key; WANDB_MODE overrides the
+# config's tracking.mode.
 ENV WANDB_MODE=offline
 ENTRYPOINT ["medft"]
 CMD ["--help"]

@@ -27,6 +27,7 @@ from engine.config import DataConfig
 from engine.data.images import BadImageError
 from engine.data.batches import Batch, Loaders, augment_draw, protocol_resize_crop, read_sample
 from engine.data.dataset_index import DatasetIndex
+from engine.data.dicom import DicomOptions
 from engine.data.sharding import shard_batches
 
 
@@ -86,10 +87,11 @@ class PilCropDecoder:
         self.sources = [sample.source for sample in index.splits[split]]
         self.images = index.arrays[split] if index.arrays is not None else None
         self.resize_crop, self.crop, self.device = protocol_resize_crop(cfg), cfg.crop, device
+        self.dicom = DicomOptions.of(cfg)
 
     def crop_of(self, position: int) -> np.ndarray:
         """uint8 (crop, crop, 3) of one position. Raises BadImageError naming the file."""
-        return np.asarray(self.resize_crop(read_sample(self.sources[position], self.images)))
+        return np.asarray(self.resize_crop(read_sample(self.sources[position], self.images, self.dicom)))
 
     def decode(self, positions: np.ndarray) -> Decoded:
         crops, kept, skipped = [], [], []

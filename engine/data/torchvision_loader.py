@@ -26,6 +26,7 @@ from torchvision.transforms import functional as TF
 from engine.config import DataConfig
 from engine.data.batches import Batch, Loaders, augment_draw, protocol_resize_crop, read_sample
 from engine.data.dataset_index import SPLITS, DatasetIndex
+from engine.data.dicom import DicomOptions
 from engine.data.images import BadImageError
 from engine.data.sharding import shard_batches
 
@@ -73,6 +74,7 @@ class _SampleDataset(Dataset):
         self.origin = f"{index.root}:{split}_images"
         self.seed, self.augment = seed, augment
         self.resize_crop = protocol_resize_crop(cfg)
+        self.dicom = DicomOptions.of(cfg)
         self.to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)])
 
     def __len__(self) -> int:
@@ -82,7 +84,7 @@ class _SampleDataset(Dataset):
         epoch, position = key
         sample = self.samples[position]
         try:
-            image = self.resize_crop(read_sample(sample.source, self.images))
+            image = self.resize_crop(read_sample(sample.source, self.images, self.dicom))
         except BadImageError as error:
             return None, sample.label, error.path, error.reason
         if self.augment:

@@ -13,8 +13,11 @@ setup(
         "dali": ["nvidia-dali-cuda130"],
         "deepspeed": ["deepspeed"],
         "wandb": ["wandb"],
-        # The tests exercise the real DALI (CPU mode), DeepSpeed (gloo) and W&B (offline).
-        "dev": ["pytest", "pytest-timeout", "nvidia-dali-cuda130", "deepspeed", "wandb"],
+        # DICOM with the decoders of its compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000, RLE).
+        "dicom": ["pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle"],
+        # The tests exercise the real DALI (CPU mode), DeepSpeed (gloo), W&B (offline) and pydicom.
+        "dev": ["pytest", "pytest-timeout", "nvidia-dali-cuda130", "deepspeed", "wandb",
+                "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle"],
     },
     entry_points={"console_scripts": ["medft = engine.cli:main"]},
 )

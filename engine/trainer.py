@@ -21,6 +21,7 @@ import torch
 from engine import checkpoint
 from engine.cell_files import BEST_CKPT, CONFIG_FILE, LAST_CKPT, METRICS_FILE, RESULT_FILE, cell_dir
 from engine.config import CellConfig, to_yaml
+from engine.data.dataset_index import class_counts
 from engine.data.loaders import build_loaders
 from engine.data.sources import load_index
 from engine.epoch_inputs import epoch_inputs
@@ -108,7 +109,7 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None) -> d
         plan = new_plan
         row = _run_epoch(ctx, loaders, index, plan, epoch, stopper, out)
         tracker.log(row, step=epoch)
-    result = _finish(ctx, loaders, stopper, out, patience_ended_run)
+    result = _finish(ctx, loaders, index, stopper, out, patience_ended_run)
     tracker.summary(result)
     return result
 
@@ -191,14 +192,16 @@ def _epoch_of(line: str) -> int | None:
         return None
 
 
-def _finish(ctx: RunContext, loaders, stopper: EarlyStopping, out: Path, patience_ended_run: bool) -> dict:
+def _finish(ctx: RunContext, loaders, index, stopper: EarlyStopping, out: Path, patience_ended_run: bool) -> dict:
     ctx.barrier()  # rank 0 has written best.pt
     if (out / BEST_CKPT).is_file():
         ctx.model.load_state_dict(torch.load(out / BEST_CKPT, map_location=ctx.device, weights_only=True))
     test = evaluate(ctx, loaders.test)
     result = {"cell_id": ctx.cfg.cell_id, "status": "done", "classes": ctx.classes,
               "best_epoch": stopper.best_epoch, f"best_val_{ctx.cfg.trainer.monitor}": stopper.best_metric,
-              "stopped_early": patience_ended_run, "test": test, **ctx.totals()}
+              "stopped_early": patience_ended_run, "test": test, **ctx.totals(),
+              # what the cell trained on: images per class and split, entries left out while indexing
+              "class_counts": class_counts(index), "skipped_at_indexing": dict(index.skipped)}
     if ctx.is_main:
         checkpoint.write_json_atomic(result, out / RESULT_FILE)
     return result

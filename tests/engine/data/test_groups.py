@@ -8,6 +8,8 @@ import pytest
 
 from engine.config import DataConfig
 from engine.data.sources import load_index
+from engine.trainer import train_cell
+from tests.engine.conftest import BUSI
 
 
 def _plant_conflict(split_folder):
@@ -62,3 +64,17 @@ def test_npz_label_conflict_is_skipped_and_rows_stay_aligned(make_npz, tmp_path)
     assert index.skipped["label conflict"] == 2 and len(index.splits["train"]) == 28
     for split, part in index.splits.items():
         assert [s.source for s in part] == list(range(len(index.arrays[split])))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not BUSI.is_dir(), reason=f"real dataset not present at {BUSI}")
+def test_a_cell_on_busi_skips_the_image_under_two_labels_and_counts_it(cpu_cell_config):
+    cfg = cpu_cell_config(f"data.path={BUSI}", "trainer.epochs=1", "trainer.max_steps_per_epoch=2",
+                          "data.loader=torchvision")
+    result = train_cell(cfg)
+    assert result["status"] == "done"
+    assert result["skipped_at_indexing"]["label conflict"] == 2  # benign (433).png = malignant (145).png
+    assert sum(map(sum, result["class_counts"].values())) == 780 - 2
+    index = load_index(cfg.data)
+    assert not {s.source for part in index.splits.values() for s in part} & \
+        {str(BUSI / "benign" / "benign (433).png"), str(BUSI / "malignant" / "malignant (145).png")}

@@ -154,7 +154,7 @@ def format_report(report: CheckReport, limit: int = MAX_LISTED) -> str:
     lines += _count_table(report)
     if report.carved_splits:
         lines.append(f"not in the data: {', '.join(report.carved_splits)} (carved out of train when "
-                     "training, stratified, with data.split_seed)")
+                     "training, stratified, with data.split_seed, groups and duplicates kept in one split)")
     reasons = "".join(f", {reason}: {n}" for reason, n in sorted(report.skipped.items()))
     lines += _section(f"skipped while indexing: {sum(report.skipped.values())}{reasons}",
                       [f"{shown(path)}: {reason}" for path, reason in report.skipped_files], limit)

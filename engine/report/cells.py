@@ -22,6 +22,8 @@ class Cell:
     attempts: int = 0  # failed attempts
     reason: str = ""
     folder: Path | None = None
+    class_counts: dict = field(default_factory=dict)  # split -> images per class (result.json)
+    classes: list = field(default_factory=list)
 
 
 def load_cells(run_dir: Path) -> tuple[str, list[Cell]]:
@@ -50,6 +52,7 @@ def _read_cell(key: CellKey, folder: Path) -> Cell:
         result = json.loads((folder / RESULT_FILE).read_text())
         cell.status, cell.test = "done", result["test"]
         cell.train_s, cell.best_epoch = result.get("train_s"), result.get("best_epoch")
+        cell.class_counts, cell.classes = result.get("class_counts", {}), result.get("classes", [])
     elif failure:
         cell.status = "failed"
     return cell

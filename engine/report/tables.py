@@ -103,7 +103,18 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(map(str, r)) + " |" for r in rows), ""]
 
 
-def _dataset_section(dataset: str, summary: list[dict], figures: list[Path]) -> list[str]:
+def _class_counts_line(cells: list[Cell], dataset: str) -> list[str]:
+    """Images per class and split of a dataset (from its first done cell that recorded them), so
+    that balanced accuracy is read next to the imbalance it corrects for."""
+    cell = next((c for c in cells if c.key.dataset == dataset and c.class_counts), None)
+    if cell is None:
+        return []
+    splits = list(cell.class_counts)
+    per_class = [f"{name} {'/'.join(str(cell.class_counts[s][i]) for s in splits)}" for i, name in enumerate(cell.classes)]
+    return [f"Images per class ({'/'.join(splits)}): " + ", ".join(per_class) + ".", ""]
+
+
+def _dataset_section(dataset: str, summary: list[dict], figures: list[Path], counts: list[str] = ()) -> list[str]:
     rows = [r for r in summary if r["dataset"] == dataset]
     best = {b: max(r["accuracy_mean"] for r in rows if r["backbone"] == b) for b in {r["backbone"] for r in rows}}
     table = []
@@ -118,7 +129,7 @@ def _dataset_section(dataset: str, summary: list[dict], figures: list[Path]) -> 
         table.append(cells + [_num(r["train_s_mean"], ".1f")])
     header = ["backbone", "strategy", "seeds", "acc", "Δ acc", "p", "bal. acc", "Δ bal. acc", "p", "train s"]
     heatmap = [f"![Δ accuracy vs FT, {dataset}]({f.name})" for f in figures if f.name == f"heatmap_{dataset}.png"]
-    return [f"## {dataset}", "", *_table(header, table), *heatmap, ""]
+    return [f"## {dataset}", "", *counts, *_table(header, table), *heatmap, ""]
 
 
 def render_markdown(name: str, run_dir: Path, cells: list[Cell], summary: list[dict], wins: list[dict],
@@ -137,7 +148,7 @@ def render_markdown(name: str, run_dir: Path, cells: list[Cell], summary: list[d
                         f"{w[f'{m}_wins']}/{w[f'{m}_ties']}/{w[f'{m}_losses']}", _num(w[f"{m}_mean_delta"], "+.3f"))]
                      for w in wins])
     for dataset in sorted({r["dataset"] for r in summary}):
-        lines += _dataset_section(dataset, summary, figures)
+        lines += _dataset_section(dataset, summary, figures, _class_counts_line(cells, dataset))
     backbones = sorted(k[len("train_s_mean_"):] for k in (cost[0] if cost else {}) if k.startswith("train_s_mean_"))
     lines += ["## Cost (device-seconds per cell)", ""]
     lines += _table(["strategy", "cells", *backbones, "mean", "total device-h", "vs FT"],

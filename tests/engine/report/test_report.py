@@ -34,7 +34,8 @@ def fake_run(tmp_path):
         truth[key] = (acc, bacc, train_s)
         (folder / "result.json").write_text(json.dumps({
             "test": {"accuracy": acc, "balanced_accuracy": bacc, "macro_f1": 0.5, "auroc": 0.6, "kappa": 0.1},
-            "best_epoch": 2, "train_s": train_s}))
+            "best_epoch": 2, "train_s": train_s, "classes": ["rare", "common"],
+            "class_counts": {"train": [len(key[0]), 90], "val": [1, 9], "test": [2, 18]}}))
         (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val/accuracy": acc * e / 3}) + "\n"
                                                       for e in range(4)))
     grid = {"name": "fake", "out_dir": str(tmp_path), "datasets": [{"name": d, "path": d} for d in DATASETS],
@@ -120,3 +121,11 @@ def test_report_command_prints_the_report_path(fake_run, capsys):
     assert cli.main(["report", str(run_dir), "--out", str(run_dir / "elsewhere")]) == 0
     assert capsys.readouterr().out.strip() == str(run_dir / "elsewhere" / "report.md")
     assert cli.main(["report", str(run_dir / "missing")]) == 2
+
+
+def test_report_shows_class_counts_per_split_beside_the_balanced_accuracy(fake_run):
+    run_dir, _ = fake_run
+    text = write_report(run_dir).read_text()
+    for dataset in DATASETS:
+        section = text.split(f"## {dataset}\n")[1]
+        assert section.startswith(f"\nImages per class (train/val/test): rare {len(dataset)}/1/2, common 90/9/18.\n")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from collections import defaultdict
 from dataclasses import replace
@@ -51,7 +52,7 @@ def with_digests(index: DatasetIndex, group_pattern: str = "") -> None:
                 digest = hashlib.sha256(Path(sample.source).read_bytes()).hexdigest()
             group = sample.group
             if pattern is not None:
-                match = pattern.search(Path(sample.source).relative_to(base).as_posix())
+                match = pattern.search(Path(os.path.relpath(sample.source, base)).as_posix())
                 group = match.group(1) if match else ""
                 unmatched += match is None
             filled.append(replace(sample, digest=digest, group=group))

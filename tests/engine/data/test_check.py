@@ -8,7 +8,8 @@ import pytest
 
 from engine.config import DataConfig
 from engine.data.check import check_dataset, format_report, main_data_check
-from tests.engine.conftest import BUSI, CHEST_XRAY
+from engine.data.sources import load_index
+from tests.engine.conftest import BREASTMNIST, BUSI, CHEST_XRAY
 
 
 def test_check_dataset_finds_planted_quirks(tiny_image_folder):
@@ -125,3 +126,13 @@ def test_main_data_check_reports_the_busi_label_conflict_and_exits_non_zero(caps
     assert "label conflicts (one image, several labels): 1\n" in out
     assert "train:benign:benign/benign (433).png = train:malignant:malignant/malignant (145).png" in out
     assert "780 images" in out
+
+
+@pytest.mark.skipif(not BREASTMNIST.is_file(), reason=f"real dataset not present at {BREASTMNIST}")
+def test_the_breastmnist_train_test_duplicate_is_a_label_conflict_skipped_when_indexing():
+    report = check_dataset(DataConfig(path=str(BREASTMNIST)))
+    assert report.label_conflicts == [[("train", "train_images[115]", "0"), ("test", "test_images[76]", "1")]]
+    assert report.duplicates_across == []
+    index = load_index(DataConfig(path=str(BREASTMNIST)))
+    assert [len(index.splits[s]) for s in ("train", "val", "test")] == [545, 78, 155]
+    assert index.skipped["label conflict"] == 2

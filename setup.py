@@ -14,8 +14,11 @@ setup(
         "deepspeed": ["deepspeed"],
         "wandb": ["wandb"],
         "peft": ["peft"],  # strategy lora
-        # The tests exercise the real DALI (CPU mode), DeepSpeed (gloo), W&B (offline) and peft.
-        "dev": ["pytest", "pytest-timeout", "nvidia-dali-cuda130", "deepspeed", "wandb", "peft"],
+        # DICOM with the decoders of its compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000, RLE).
+        "dicom": ["pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle"],
+        # The tests exercise the real DALI (CPU mode), DeepSpeed (gloo), W&B (offline), peft and pydicom.
+        "dev": ["pytest", "pytest-timeout", "nvidia-dali-cuda130", "deepspeed", "wandb", "peft",
+                "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle"],
     },
     entry_points={"console_scripts": ["medft = engine.cli:main"]},
 )

@@ -41,7 +41,7 @@ def _train(args) -> int:
 def _data_check(args) -> int:
     from engine.data.check import main_data_check
 
-    return main_data_check(args.path, args.format)
+    return main_data_check(args.path, args.format, args.group_pattern)
 
 
 def _strategies(args) -> int:
@@ -98,9 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    check = data.add_parser("check", help="counts, unreadable files, extension mismatches, cross-split duplicates")
+    check = data.add_parser("check", help="counts, unreadable files, extension mismatches, label conflicts, "
+                                          "cross-split duplicates and groups, DICOM files")
     check.add_argument("path")
     check.add_argument("--format", default="auto", choices=["auto", "imagefolder", "csv", "npz"])
+    check.add_argument("--group-pattern", default="", help="data.group_pattern: regex over the relative path, "
+                       "first capture group = the group id (patient, study)")
     check.set_defaults(run=_data_check)
 
     strategies = sub.add_parser("strategies", help="list the registered strategies")

@@ -7,6 +7,7 @@ of the wrong type raises ValueError naming the key and where it came from.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,6 +38,38 @@ class DataConfig:
     train_batch_size: int = 96
     eval_batch_size: int = 64
     on_bad_image: Literal["skip", "error"] = "skip"  # undecodable image at load time
+    # Real datasets (README, Data): groups kept in one split, label conflicts, DICOM, class balance.
+    group_pattern: str = ""  # regex over the relative path; its first capture group is the group id
+    drop_cross_split_duplicates: bool = False  # leave out train copies of val/test images
+    on_label_conflict: Literal["skip", "error", "keep"] = "skip"  # one image under two labels
+    dicom_window: tuple[float, float] | None = None  # (center, width); None = the file's VOI LUT/window
+    dicom_frame: int | None = None  # the frame of multi-frame DICOM files; None = such a file is an error
+    sampler: Literal["uniform", "balanced"] = "uniform"  # balanced: train draws classes equally often
+
+    def __post_init__(self):
+        if self.group_pattern:
+            try:
+                groups = re.compile(self.group_pattern).groups
+            except re.error as e:
+                raise ValueError(f"data.group_pattern is not a regular expression: {e}") from None
+            if groups < 1:
+                raise ValueError(f"data.group_pattern needs a capture group (the group id), got {self.group_pattern!r}")
+        if self.dicom_window is not None and (len(self.dicom_window) != 2 or self.dicom_window[1] < 1):
+            raise ValueError(f"data.dicom_window must be [center, width] with width >= 1, got {self.dicom_window}")
+        _at_least("data", dicom_frame=(self.dicom_frame, 0))
+        for key, allowed in (("on_label_conflict", ("skip", "error", "keep")), ("sampler", ("uniform", "balanced"))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"data.{key} must be one of {list(allowed)}, got {getattr(self, key)!r}")
+
+
+@dataclass
+class LossConfig:
+    # balanced: cross-entropy weight N / (K * n_c) for class c (n_c train images of K classes, N in all)
+    class_weights: Literal["none", "balanced"] = "none"
+
+    def __post_init__(self):
+        if self.class_weights not in ("none", "balanced"):
+            raise ValueError(f"loss.class_weights must be 'none' or 'balanced', got {self.class_weights!r}")
 
 
 @dataclass
@@ -125,6 +158,7 @@ class CellConfig:
     strategy: Any = None  # the strategy's own config dataclass, chosen by its `name`
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     name: str = ""  # cell id; "" = derived from dataset, backbone, strategy and seed
 
     def __post_init__(self):

@@ -9,6 +9,7 @@ import numpy as np
 from torch import nn
 
 from engine.config import to_dict
+from engine.data.balance import train_draw_weights
 from engine.data.sharding import shard_batches
 from engine.feature_cache import FeatureCache, build_feature_rows, cache_applies, shared_rows, weights_fingerprint
 from engine.models import features_and_head
@@ -55,7 +56,9 @@ def _cached_inputs(ctx: RunContext, loaders, index) -> EpochInputs:
         samples = index.splits[split]
         rows = shared_rows((split, *same_features), lambda: build_feature_rows(
             features, ordered, positions, [s.source for s in samples], ctx.autocast, ctx.to_device))
-        return FeatureCache(rows, lambda epoch: shard_batches(len(samples), seed, epoch, batch_size, shuffle, shard))
+        weights = train_draw_weights([s.label for s in samples], cfg.data.sampler) if shuffle else None
+        return FeatureCache(rows, lambda epoch: shard_batches(len(samples), seed, epoch, batch_size, shuffle, shard,
+                                                              weights))
     n_train, n_val = len(index.splits["train"]), len(index.splits["val"])
     val_positions = np.arange(n_val)[shard[0]::shard[1]]  # the rank's evaluation shard
     # Every rank caches the whole train split: its batches draw from all of it.

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from engine.config import CellConfig
+from engine.data.balance import balanced_class_weights
 from engine.distributed import RankGroup, init_rank_group
 from engine.models import HEAD, backbone_spec, block_modules, create_backbone, model_blocks, model_layout
 from strategies import create_strategy
@@ -68,6 +69,8 @@ class RunContext:
         trainable_names, trainable_params: the tensors the plan trains, in model order.
         cached_inputs: (trainable set, EpochInputs) of the feature caches of a head-only stage.
         counters: train seconds, images and skipped images over the whole run.
+        class_weights: float32 (K,) cross-entropy class weights on the device (loss.class_weights),
+            None for the plain cross-entropy.
     """
 
     cfg: CellConfig
@@ -90,6 +93,7 @@ class RunContext:
     trainable_params: list[nn.Parameter] = field(default_factory=list)
     cached_inputs: tuple | None = None
     counters: dict = field(default_factory=lambda: {"train_s": 0.0, "train_images": 0, "skipped_images": 0})
+    class_weights: torch.Tensor | None = None
 
     @property
     def is_main(self) -> bool:
@@ -163,4 +167,12 @@ def build_context(cfg: CellConfig, index) -> RunContext:
                       block_modules=block_modules(model, cfg.model.backbone, cfg.model.head_scope),
                       strategy=strategy, amp_dtype=_AMP_DTYPES[amp], channels_last=channels_last,
                       scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16" and ranks is None),
-                      ranks=ranks, adapter=adapter)
+                      ranks=ranks, adapter=adapter, class_weights=_class_weights(cfg, index, device))
+
+
+def _class_weights(cfg: CellConfig, index, device: torch.device) -> torch.Tensor | None:
+    """loss.class_weights as a tensor: None, or the balanced weights of the train split's labels."""
+    if cfg.loss.class_weights == "none":
+        return None
+    weights = balanced_class_weights([s.label for s in index.splits["train"]], len(index.classes))
+    return torch.tensor(weights, dtype=torch.float32, device=device)

@@ -33,7 +33,7 @@ def backward(ctx: RunContext, images: torch.Tensor, labels: torch.Tensor, scaled
     """Forward, loss and backward (scaled and unscaled again with fp16 unless `scaled` is off)."""
     with ctx.autocast():
         logits = (forward or ctx.forward)(images)
-    loss = F.cross_entropy(logits.float(), labels)
+    loss = F.cross_entropy(logits.float(), labels, weight=ctx.class_weights)
     ctx.model.zero_grad(set_to_none=True)
     if scaled and ctx.ds_engine is not None:
         ctx.ds_engine.backward(loss)

@@ -24,6 +24,7 @@ from engine.cell_files import (BEST_CKPT, CONFIG_FILE, LAST_CKPT, METRICS_FILE, 
                                RESULT_FILE, cell_dir)
 from engine.config import CellConfig, to_yaml
 from engine.config_guard import require_same_config
+from engine.data.dataset_index import class_counts
 from engine.data.loaders import build_loaders
 from engine.data.sources import load_index
 from engine.epoch_inputs import epoch_inputs
@@ -124,7 +125,7 @@ def train_cell(cfg: CellConfig, tracker: Tracker | None = None, index=None, unti
         plan = new_plan
         row = _run_epoch(ctx, loaders, index, plan, epoch, stopper, out)
         tracker.log(row, step=epoch)
-    result = _finish(ctx, loaders, stopper, out, patience_ended_run, origin)
+    result = _finish(ctx, loaders, index, stopper, out, patience_ended_run, origin)
     tracker.summary(result)
     return result
 
@@ -214,7 +215,7 @@ def _epoch_of(line: str) -> int | None:
         return None
 
 
-def _finish(ctx: RunContext, loaders, stopper: EarlyStopping, out: Path, patience_ended_run: bool,
+def _finish(ctx: RunContext, loaders, index, stopper: EarlyStopping, out: Path, patience_ended_run: bool,
             origin: dict) -> dict:
     ctx.barrier()  # rank 0 has written best.pt
     if (out / BEST_CKPT).is_file():
@@ -225,7 +226,9 @@ def _finish(ctx: RunContext, loaders, stopper: EarlyStopping, out: Path, patienc
     test = prediction_metrics(labels, probs)
     result = {"cell_id": ctx.cfg.cell_id, "status": "done", "classes": ctx.classes,
               "best_epoch": stopper.best_epoch, f"best_val_{ctx.cfg.trainer.monitor}": stopper.best_metric,
-              "stopped_early": patience_ended_run, "test": test, **ctx.totals(), "provenance": origin}
+              "stopped_early": patience_ended_run, "test": test, **ctx.totals(), "provenance": origin,
+              # what the cell trained on: images per class and split, entries left out while indexing
+              "class_counts": class_counts(index), "skipped_at_indexing": dict(index.skipped)}
     if ctx.is_main:  # predictions before result.json: a done cell always has the report's bootstrap input
         checkpoint.save_npz_atomic({"labels": labels.cpu().numpy(), "probs": probs.cpu().numpy()},
                                    out / PREDICTIONS_FILE)

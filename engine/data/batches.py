@@ -20,6 +20,7 @@ from PIL import Image
 from torchvision import transforms
 
 from engine.config import DataConfig
+from engine.data.dicom import DicomOptions
 from engine.data.images import open_rgb
 
 MAX_ROTATION_DEG = 10.0  # the spec's "small rotations"
@@ -85,14 +86,15 @@ def protocol_resize_crop(cfg: DataConfig) -> transforms.Compose:
     return transforms.Compose([transforms.Resize(cfg.resize), transforms.CenterCrop(cfg.crop)])
 
 
-def read_sample(source: str | int, images: np.ndarray | None) -> Image.Image:
-    """A sample as an 8-bit RGB PIL image: the file `source`, or row `source` of `images` (npz).
+def read_sample(source: str | int, images: np.ndarray | None, dicom: DicomOptions = DicomOptions()) -> Image.Image:
+    """A sample as an 8-bit RGB PIL image: the file `source` (DICOM read with `dicom`'s window and
+    frame), or row `source` of `images` (npz).
 
     Raises:
         BadImageError: naming the file when it cannot be decoded.
     """
     if images is None:
-        return open_rgb(source)
+        return open_rgb(source, dicom=dicom)
     pixels = images[source]
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[..., 0]  # PIL has no (H,W,1) mode

@@ -25,8 +25,10 @@ import torch.nn.functional as F
 
 from engine.config import DataConfig
 from engine.data.images import BadImageError
+from engine.data.balance import train_draw_weights
 from engine.data.batches import Batch, Loaders, augment_draw, protocol_resize_crop, read_sample
 from engine.data.dataset_index import DatasetIndex
+from engine.data.dicom import DicomOptions
 from engine.data.sharding import shard_batches
 
 
@@ -86,10 +88,11 @@ class PilCropDecoder:
         self.sources = [sample.source for sample in index.splits[split]]
         self.images = index.arrays[split] if index.arrays is not None else None
         self.resize_crop, self.crop, self.device = protocol_resize_crop(cfg), cfg.crop, device
+        self.dicom = DicomOptions.of(cfg)
 
     def crop_of(self, position: int) -> np.ndarray:
         """uint8 (crop, crop, 3) of one position. Raises BadImageError naming the file."""
-        return np.asarray(self.resize_crop(read_sample(self.sources[position], self.images)))
+        return np.asarray(self.resize_crop(read_sample(self.sources[position], self.images, self.dicom)))
 
     def decode(self, positions: np.ndarray) -> Decoded:
         crops, kept, skipped = [], [], []
@@ -163,12 +166,14 @@ class CropBatches:
         self.num_samples = len(self.labels)
         self.batch_size, self.seed, self.shuffle, self.augment, self.shard = batch_size, seed, shuffle, augment, shard
         self.on_bad_image, self.dtype, self.epoch = cfg.on_bad_image, dtype, 0
+        self.draw_weights = train_draw_weights(self.labels, cfg.sampler) if shuffle else None
         device = decoder.device
         self.mean = torch.tensor(cfg.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
     def _batches(self) -> list[np.ndarray]:
-        return shard_batches(self.num_samples, self.seed, self.epoch, self.batch_size, self.shuffle, self.shard)
+        return shard_batches(self.num_samples, self.seed, self.epoch, self.batch_size, self.shuffle, self.shard,
+                             self.draw_weights)
 
     def __len__(self) -> int:
         return len(self._batches())

@@ -17,10 +17,16 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class Sample:
-    """One example: a file path, or an index into `DatasetIndex.arrays[split]` (npz)."""
+    """One example: a file path, or an index into `DatasetIndex.arrays[split]` (npz).
+
+    `group` (patient, study...: from a manifest's group column or `data.group_pattern`; "" = none)
+    and `digest` (sha256 of the content, filled by `load_index`) keep linked samples in one split.
+    """
 
     source: str | int
     label: int
+    group: str = ""
+    digest: str = ""
 
 
 @dataclass
@@ -49,6 +55,12 @@ class DatasetIndex:
         """Records one skipped entry."""
         self.skipped[reason] += 1
         self.skipped_files.append((str(path), reason))
+
+
+def class_counts(index: DatasetIndex) -> dict[str, list[int]]:
+    """split -> images per class (in `classes` order)."""
+    return {split: np.bincount([s.label for s in samples], minlength=len(index.classes)).tolist()
+            for split, samples in index.splits.items()}
 
 
 def require_two_classes(classes: list[str], path: Path) -> None:

@@ -13,6 +13,8 @@ Conversions done by `open_rgb`:
   16-bit PNGs as I); otherwise, and for float (F), the image's own min..max maps to 0..255.
 - Alpha (RGBA, LA, PA, palette with transparency): composited over **black**, the
   background of radiographs and most medical scans.
+- DICOM (the 'DICM' marker at byte 128, any extension or none): `dicom.read_dicom`'s 8-bit
+  grayscale or RGB, by its Modality LUT, window and photometric interpretation.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from engine.data.dicom import DicomOptions, MultiFrameError, is_dicom, read_dicom
 
 # Magic bytes at offset 0. WebP is RIFF....WEBP and is checked separately.
 _MAGIC = (
@@ -40,7 +44,9 @@ FORMAT_EXTENSIONS = {
     "tiff": frozenset({".tif", ".tiff"}),
     "bmp": frozenset({".bmp", ".dib"}),
     "webp": frozenset({".webp"}),
+    "dicom": frozenset({".dcm", ".dicom", ""}),  # DICOM files often have no extension at all
 }
+SNIFF_BYTES = 132  # enough for every magic number, DICOM's 'DICM' at byte 128 included
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _UINT16_MAX = 65535
 
@@ -67,11 +73,13 @@ def sniff_bytes(head: bytes) -> str | None:
     """The image format named by the first bytes of a file.
 
     Args:
-        head: at least the first 12 bytes of the file.
+        head: the first SNIFF_BYTES bytes of the file (or all of a shorter one).
 
     Returns:
-        One of 'jpeg', 'png', 'gif', 'tiff', 'bmp', 'webp', or None when unrecognised.
+        One of 'jpeg', 'png', 'gif', 'tiff', 'bmp', 'webp', 'dicom', or None when unrecognised.
     """
+    if is_dicom(head):
+        return "dicom"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
     for magic, name in _MAGIC:
@@ -87,22 +95,24 @@ def sniff_image_format(path: str | Path) -> str | None:
         path: the file to read.
 
     Returns:
-        One of 'jpeg', 'png', 'gif', 'tiff', 'bmp', 'webp', or None when the content is not
-        a recognised image (including an empty file).
+        One of 'jpeg', 'png', 'gif', 'tiff', 'bmp', 'webp', 'dicom', or None when the content
+        is not a recognised image (including an empty file).
 
     Raises:
         FileNotFoundError: when the file does not exist.
     """
     with open(path, "rb") as f:
-        return sniff_bytes(f.read(12))
+        return sniff_bytes(f.read(SNIFF_BYTES))
 
 
-def open_rgb(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+def open_rgb(source: str | Path | bytes, name: str | None = None,
+             dicom: DicomOptions = DicomOptions()) -> Image.Image:
     """Opens an image by its content, fully decoded, as 8-bit RGB (see the module docstring).
 
     Args:
         source: a file path or the file's bytes.
         name: how to name the source in errors; defaults to the path, or '<bytes>'.
+        dicom: window and frame for DICOM files.
 
     Returns:
         A loaded PIL image in mode 'RGB'.
@@ -110,15 +120,22 @@ def open_rgb(source: str | Path | bytes, name: str | None = None) -> Image.Image
     Raises:
         FileNotFoundError: when `source` is a path that does not exist.
         BadImageError: when the content is not a decodable image, e.g. a truncated file.
+        MultiFrameError: for a multi-frame DICOM file without `dicom.frame`.
     """
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     if not isinstance(source, bytes) and not Path(source).is_file():
         raise FileNotFoundError(f"image file not found: {source}")
-    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    data = source if isinstance(source, bytes) else None
     try:
-        with Image.open(stream) as img:
+        if data is None and sniff_image_format(source) == "dicom":
+            data = Path(source).read_bytes()
+        if data is not None and is_dicom(data[:SNIFF_BYTES]):
+            return Image.fromarray(read_dicom(data, label, dicom)).convert("RGB")
+        with Image.open(io.BytesIO(data) if data is not None else source) as img:
             img.load()  # full decode here, so a truncated file fails now, not in a worker later
             return to_rgb(img)
+    except MultiFrameError:
+        raise  # a question of configuration (data.dicom_frame), not a broken file
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise BadImageError(label, f"cannot decode image ({type(e).__name__}: {e})") from e
 

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,4 +53,4 @@ def regroup_arrays_(index: DatasetIndex, given: dict[str, list[Sample]]) -> None
         rows = [sample.source for sample in samples]
         if rows != list(range(len(data[source]))):
             index.arrays[split] = data[source][rows]
-            index.splits[split] = [Sample(i, s.label) for i, s in enumerate(samples)]
+            index.splits[split] = [replace(s, source=i) for i, s in enumerate(samples)]

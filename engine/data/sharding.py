@@ -2,6 +2,8 @@
 
 Train order is a permutation drawn from (seed, epoch) alone (`epoch_order`), so a resumed run
 and every backend (torchvision, DALI, GPU cache) see the same samples in the same batches.
+With `data.sampler: balanced` it is instead N draws with replacement from the same generator,
+by the probabilities of `balance.balanced_sample_weights` (`draw_weights`).
 
 Sharding over several processes (`shard=(rank, world)`, from `launcher_shard()`):
 - val/test: rank r reads positions r, r+world, r+2*world, ... of the split, in order: every
@@ -24,20 +26,27 @@ import os
 import numpy as np
 
 
-def epoch_order(num_samples: int, seed: int, epoch: int, batch_size: int, shuffle: bool) -> np.ndarray:
+def epoch_order(num_samples: int, seed: int, epoch: int, batch_size: int, shuffle: bool,
+                draw_weights: np.ndarray | None = None) -> np.ndarray:
     """The sample positions of one epoch: a (seed, epoch) permutation when shuffling, else in order.
 
-    A shuffled order whose last batch would hold a single sample leaves that sample out for this
-    epoch (it is another one every epoch): BatchNorm cannot train on a batch of one.
+    With `draw_weights` (probabilities summing to 1) a shuffled epoch is `num_samples` draws with
+    replacement by them instead. A shuffled order whose last batch would hold a single sample
+    leaves that sample out for this epoch (it is another one every epoch): BatchNorm cannot
+    train on a batch of one.
     """
     if not shuffle:
         return np.arange(num_samples)
-    order = np.random.default_rng([seed, epoch]).permutation(num_samples)
+    rng = np.random.default_rng([seed, epoch])
+    if draw_weights is None:
+        order = rng.permutation(num_samples)
+    else:
+        order = rng.choice(num_samples, size=num_samples, replace=True, p=draw_weights)
     return order[:-1] if num_samples % batch_size == 1 and num_samples > 1 else order
 
 
 def shard_batches(num_samples: int, seed: int, epoch: int, batch_size: int, shuffle: bool,
-                  shard: tuple[int, int] = (0, 1)) -> list[np.ndarray]:
+                  shard: tuple[int, int] = (0, 1), draw_weights: np.ndarray | None = None) -> list[np.ndarray]:
     """The sample positions of each batch one shard reads in one epoch (module docstring).
 
     Args:
@@ -46,6 +55,7 @@ def shard_batches(num_samples: int, seed: int, epoch: int, batch_size: int, shuf
         batch_size: per-process batch size.
         shuffle: train (a sharded permutation) or evaluation (positions rank::world, in order).
         shard: (rank, world).
+        draw_weights: train only: per-sample draw probabilities (`epoch_order`), None = a permutation.
 
     Returns:
         int64 arrays of positions, one per batch, none empty; with shuffle every rank gets
@@ -56,7 +66,7 @@ def shard_batches(num_samples: int, seed: int, epoch: int, batch_size: int, shuf
         positions = np.arange(num_samples)[rank::world]
         return np.split(positions, range(batch_size, len(positions), batch_size)) if len(positions) else []
     step = batch_size * world
-    order = epoch_order(num_samples, seed, epoch, step, shuffle=True)
+    order = epoch_order(num_samples, seed, epoch, step, shuffle=True, draw_weights=draw_weights)
     tail = len(order) % step
     if tail < 2 * world:
         order = order[:len(order) - tail]

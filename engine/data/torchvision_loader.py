@@ -24,8 +24,10 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from engine.config import DataConfig
+from engine.data.balance import train_draw_weights
 from engine.data.batches import Batch, Loaders, augment_draw, protocol_resize_crop, read_sample
 from engine.data.dataset_index import SPLITS, DatasetIndex
+from engine.data.dicom import DicomOptions
 from engine.data.images import BadImageError
 from engine.data.sharding import shard_batches
 
@@ -48,12 +50,15 @@ def build_torchvision_loaders(index: DatasetIndex, cfg: DataConfig, seed: int, d
 class _EpochBatchSampler(Sampler):
     """Yields each batch of `shard_batches` as a list of (epoch, position) keys."""
 
-    def __init__(self, num_samples: int, seed: int, batch_size: int, shuffle: bool, shard: tuple[int, int]):
+    def __init__(self, num_samples: int, seed: int, batch_size: int, shuffle: bool, shard: tuple[int, int],
+                 draw_weights: np.ndarray | None = None):
         self.num_samples, self.seed, self.batch_size, self.shuffle, self.shard, self.epoch = (
             num_samples, seed, batch_size, shuffle, shard, 0)
+        self.draw_weights = draw_weights
 
     def _batches(self) -> list[np.ndarray]:
-        return shard_batches(self.num_samples, self.seed, self.epoch, self.batch_size, self.shuffle, self.shard)
+        return shard_batches(self.num_samples, self.seed, self.epoch, self.batch_size, self.shuffle, self.shard,
+                             self.draw_weights)
 
     def __iter__(self):
         # The epoch travels with each key because persistent workers keep their own
@@ -73,6 +78,7 @@ class _SampleDataset(Dataset):
         self.origin = f"{index.root}:{split}_images"
         self.seed, self.augment = seed, augment
         self.resize_crop = protocol_resize_crop(cfg)
+        self.dicom = DicomOptions.of(cfg)
         self.to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)])
 
     def __len__(self) -> int:
@@ -82,7 +88,7 @@ class _SampleDataset(Dataset):
         epoch, position = key
         sample = self.samples[position]
         try:
-            image = self.resize_crop(read_sample(sample.source, self.images))
+            image = self.resize_crop(read_sample(sample.source, self.images, self.dicom))
         except BadImageError as error:
             return None, sample.label, error.path, error.reason
         if self.augment:
@@ -112,7 +118,8 @@ class TorchBatches:
                  cfg: DataConfig, device: torch.device, shard: tuple[int, int] = (0, 1)):
         self.num_samples = len(dataset)
         self.on_bad_image = cfg.on_bad_image
-        self._sampler = _EpochBatchSampler(len(dataset), seed, batch_size, shuffle, shard)
+        weights = train_draw_weights([s.label for s in dataset.samples], cfg.sampler) if shuffle else None
+        self._sampler = _EpochBatchSampler(len(dataset), seed, batch_size, shuffle, shard, weights)
         self._loader = DataLoader(
             dataset, batch_sampler=self._sampler, num_workers=cfg.num_workers,
             collate_fn=partial(_collate, crop=cfg.crop), pin_memory=device.type == "cuda",

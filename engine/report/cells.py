@@ -23,6 +23,8 @@ class Cell:
     reason: str = ""
     folder: Path | None = None
     provenance: dict = field(default_factory=dict)  # result.json's (engine/provenance.py)
+    class_counts: dict = field(default_factory=dict)  # split -> images per class (result.json)
+    classes: list = field(default_factory=list)
 
 
 def load_cells(run_dir: Path) -> tuple[str, str, list[Cell]]:
@@ -53,6 +55,7 @@ def _read_cell(key: CellKey, folder: Path) -> Cell:
         cell.status, cell.test = "done", result["test"]
         cell.train_s, cell.best_epoch = result.get("train_s"), result.get("best_epoch")
         cell.provenance = result.get("provenance", {})
+        cell.class_counts, cell.classes = result.get("class_counts", {}), result.get("classes", [])
     elif failure:
         cell.status = "failed"
     return cell

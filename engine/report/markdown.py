@@ -50,7 +50,18 @@ class ReportData:
 SHORT = {"accuracy": "acc", "balanced_accuracy": "bal. acc"}
 
 
-def _dataset_section(dataset: str, summary: list[dict], figures: list[Path]) -> list[str]:
+def _class_counts_line(cells: list[Cell], dataset: str) -> list[str]:
+    """Images per class and split of a dataset (from its first done cell that recorded them), so
+    that balanced accuracy is read next to the imbalance it corrects for."""
+    cell = next((c for c in cells if c.key.dataset == dataset and c.class_counts), None)
+    if cell is None:
+        return []
+    splits = list(cell.class_counts)
+    per_class = [f"{name} {'/'.join(str(cell.class_counts[s][i]) for s in splits)}" for i, name in enumerate(cell.classes)]
+    return [f"Images per class ({'/'.join(splits)}): " + ", ".join(per_class) + ".", ""]
+
+
+def _dataset_section(dataset: str, summary: list[dict], figures: list[Path], counts: list[str] = ()) -> list[str]:
     rows = [r for r in summary if r["dataset"] == dataset]
     best = {b: max(r["accuracy_mean"] for r in rows if r["backbone"] == b) for b in {r["backbone"] for r in rows}}
     lines = []
@@ -70,7 +81,7 @@ def _dataset_section(dataset: str, summary: list[dict], figures: list[Path]) -> 
     for m in METRICS:
         header += [SHORT[m], "CI½ 1 seed", f"Δ {SHORT[m]}", "Δ 95% CI", "vs FT"]
     heatmap = [f"![Δ accuracy vs FT, {dataset}]({f.name})" for f in figures if f.name == f"heatmap_{dataset}.png"]
-    return [f"## {dataset}", "", *table(header + ["train s"], lines), *heatmap, ""]
+    return [f"## {dataset}", "", *counts, *table(header + ["train s"], lines), *heatmap, ""]
 
 
 def _wins_section(wins: list[dict]) -> list[str]:
@@ -145,7 +156,7 @@ def render_markdown(r: ReportData) -> str:
              "backbone in bold.", ""]
     lines += _wins_section(r.wins) + _across_cases_section(r.tests, r.figures)
     for dataset in sorted({row["dataset"] for row in r.summary}):
-        lines += _dataset_section(dataset, r.summary, r.figures)
+        lines += _dataset_section(dataset, r.summary, r.figures, _class_counts_line(r.cells, dataset))
     lines += _cells_section(r.cells, r.intervals)
     backbones = sorted(k[len("train_s_mean_"):] for k in (r.cost[0] if r.cost else {}) if k.startswith("train_s_mean_"))
     lines += ["## Cost (device-seconds per cell)", ""]

@@ -13,6 +13,8 @@ from PIL import Image
 from engine.data.synthetic import make_demo_dataset
 
 CHEST_XRAY = Path(__file__).parents[2].parent / "shared/datasets/chest-xray-3class"
+BUSI = Path(__file__).parents[2].parent / "shared/datasets/busi"
+BREASTMNIST = Path(__file__).parents[2].parent / "shared/datasets/npz/breastmnist.npz"
 PER_CLASS = 10
 
 

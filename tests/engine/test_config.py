@@ -49,6 +49,12 @@ def test_config_yaml_round_trip_gives_the_same_config(tmp_path):
     ("trainer.max_steps_per_epoch=0", "trainer.max_steps_per_epoch must be at least 1"),
     ("optim.lr=-0.1", "optim.lr must be at least 0"),
     ("optim.t_max_epochs=-3", "optim.t_max_epochs must be at least 1"),
+    ("loss.class_weights=inverse", "'loss.class_weights' must be one of"),
+    ("data.sampler=oversample", "'data.sampler' must be one of"),
+    ("data.on_label_conflict=ignore", "'data.on_label_conflict' must be one of"),
+    ("data.dicom_window=[40, 0]", "data.dicom_window must be [center, width] with width >= 1"),
+    ("data.dicom_frame=-1", "data.dicom_frame must be at least 0"),
+    ("data.group_pattern=P[0-9]+", "data.group_pattern needs a capture group"),
 ])
 def test_config_error_names_the_key(override, needle):
     with pytest.raises(ValueError, match=needle.replace("[", r"\[").replace("(", r"\(")):

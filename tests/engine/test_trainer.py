@@ -123,7 +123,7 @@ def test_small_cell_learns_synthetic_data_well_above_chance(tmp_path):
 
 def test_non_finite_loss_fails_the_cell_with_its_epoch(cpu_cell_config, monkeypatch):
     from engine import epochs
-    monkeypatch.setattr(epochs.F, "cross_entropy", lambda logits, labels: logits.sum() * float("nan"))
+    monkeypatch.setattr(epochs.F, "cross_entropy", lambda logits, labels, **_: logits.sum() * float("nan"))
     with pytest.raises(FloatingPointError, match="epoch 0"):
         train_cell(cpu_cell_config("trainer.max_steps_per_epoch=1"))
 

@@ -265,7 +265,7 @@ def test_load_index_npz_reads_medmnist_layout(make_npz, labels_2d, channels):
     index = load_index(DataConfig(path=str(make_npz(labels_2d=labels_2d, channels=channels))))
     assert index.classes == ["0", "1", "2"] and index.split_origin == "data"
     assert [len(index.splits[s]) for s in SPLITS] == [30, 6, 6]
-    assert index.splits["val"][4] == Sample(4, 1)
+    assert index.splits["val"][4].source == 4 and index.splits["val"][4].label == 1
     assert index.arrays["train"].shape == ((30, 16, 16, 3) if channels else (30, 16, 16))
 
 

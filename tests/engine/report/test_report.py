@@ -20,6 +20,7 @@ FAILED = "d2__b2__lp_ft__s3"
 NOT_STARTED = "d2__b2__lp__s3"
 
 
+CLASSES = ["rare", "common", "other"]  # the fake cells' class names
 TEST_IMAGES = 60
 OLD = "d1__b1__lp__s2"  # a cell of an older run: result.json but no saved predictions
 
@@ -49,7 +50,9 @@ def fake_run(tmp_path):
         if cell_id != OLD:
             np.savez(folder / PREDICTIONS_FILE, labels=y, probs=probs)
             predictions[key] = Predictions(y, probs.argmax(axis=1))
-        (folder / "result.json").write_text(json.dumps({"test": test, "best_epoch": 2, "train_s": train_s}))
+        (folder / "result.json").write_text(json.dumps({
+            "test": test, "best_epoch": 2, "train_s": train_s, "classes": CLASSES,
+            "class_counts": {"train": [len(key[0]), 90, 5], "val": [1, 9, 5], "test": [2, 18, 5]}}))
         (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val/accuracy": e / 3}) + "\n"
                                                       for e in range(4)))
     grid = {"name": "fake", "out_dir": str(tmp_path), "datasets": [{"name": d, "path": d} for d in DATASETS],
@@ -235,3 +238,11 @@ def test_report_intervals_wins_rule_and_tests_across_cases(fake_run):
     for metric in ("accuracy", "balanced_accuracy"):
         assert (out / f"cd_{metric}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](cd_{metric}.png)" in text
+
+
+def test_report_shows_class_counts_per_split_beside_the_balanced_accuracy(fake_run):
+    run_dir, _, _ = fake_run
+    text = write_report(run_dir).read_text()
+    for dataset in DATASETS:
+        section = text.split(f"## {dataset}\n")[1]
+        assert section.startswith(f"\nImages per class (train/val/test): rare {len(dataset)}/1/2, common 90/9/18, other 5/5/5.\n")

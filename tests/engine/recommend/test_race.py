@@ -106,7 +106,7 @@ class KillAfter:
     def __init__(self, kill_at: int | None):
         self.kill_at, self.logged = kill_at, []
 
-    def __call__(self, cfg, grid_name=""):
+    def __call__(self, cfg, grid_name="", provenance=None):  # create_tracker's signature
         outer = self
 
         class Tracker:

@@ -1,6 +1,6 @@
 import torch
 
-from engine import run_context
+from engine import epoch_inputs
 from engine.feature_cache import clear_shared_rows
 from engine.models import create_backbone
 from engine.trainer import train_cell
@@ -11,8 +11,8 @@ def test_feature_cache_serves_the_next_cells_of_the_same_backbone_once_built(cpu
     weights = tmp_path / "pretrained.pth"
     torch.save(create_backbone("tiny_resnet", 1000, "none").state_dict(), weights)
     builds = []
-    build = run_context.build_feature_rows
-    monkeypatch.setattr(run_context, "build_feature_rows", lambda *a, **k: builds.append(1) or build(*a, **k))
+    build = epoch_inputs.build_feature_rows
+    monkeypatch.setattr(epoch_inputs, "build_feature_rows", lambda *a, **k: builds.append(1) or build(*a, **k))
     clear_shared_rows()
 
     def lp(seed, out, strategy="lp"):
@@ -31,8 +31,8 @@ def test_feature_cache_serves_the_next_cells_of_the_same_backbone_once_built(cpu
 
 def test_feature_cache_is_not_shared_between_different_backbone_weights(cpu_cell_config, tmp_path, monkeypatch):
     builds = []
-    build = run_context.build_feature_rows
-    monkeypatch.setattr(run_context, "build_feature_rows", lambda *a, **k: builds.append(1) or build(*a, **k))
+    build = epoch_inputs.build_feature_rows
+    monkeypatch.setattr(epoch_inputs, "build_feature_rows", lambda *a, **k: builds.append(1) or build(*a, **k))
     clear_shared_rows()
     for seed in (1, 2):  # weights=none: each seed initialises another backbone
         train_cell(cpu_cell_config("strategy.name=lp", f"trainer.seed={seed}", out=tmp_path / str(seed)))

@@ -8,7 +8,7 @@ from engine.run_context import build_context
 from engine.trainer import train_cell
 from strategies.bitfit import bitfit_trainable
 from strategies.protocol import Progress
-from tests.helpers import tiny_layout
+from tests.helpers import start_epoch, tiny_layout
 
 
 def test_bitfit_plan_is_every_backbone_bias_and_the_head():
@@ -24,7 +24,7 @@ def test_bitfit_trains_biases_and_head_and_keeps_every_other_weight(cpu_cell_con
     cfg = cpu_cell_config("strategy.name=bitfit", "trainer.max_steps_per_epoch=2", "optim.lr=0.01")
     ctx = build_context(cfg, load_index(cfg.data))
     initial = {k: v.clone() for k, v in ctx.model.state_dict().items()}
-    plan = ctx.apply_plan(ctx.strategy.plan(Progress(0, 2)), 0)
+    plan = start_epoch(ctx, ctx.strategy.plan(Progress(0, 2)), 0)
     expected_count = sum(p.numel() for n, p in ctx.model.named_parameters()
                          if n.endswith(".bias") or n.startswith("fc."))
     train_cell(cfg)

@@ -1,7 +1,7 @@
 """Fixtures for the kernel tests: the Triton interpreter on CPU, fresh random tensor lists.
 
 The kernels are Triton programs; without a GPU they run only under TRITON_INTERPRET=1
-(../shared/spec/environment.md), which must be set before triton is imported (torchvision imports
+(without it a launch fails with "0 active drivers"), which must be set before triton is imported (torchvision imports
 it), so it is set when this file is imported; TRITON_INTERPRET=0 in the environment turns the
 CPU kernel tests into skips and lets the `gpu` tests run the compiled kernels.
 """
